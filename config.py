@@ -1,0 +1,258 @@
+"""All settings of the app, in one place.
+
+One frozen dataclass per concern, nested in :class:`AppConfig`. Override values with
+``dataclasses.replace(cfg.alignment, niter=500)``; every field is range-checked in
+``__post_init__`` so a bad value fails where it is set, with the value in the message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "OFFICIAL_CHECKPOINTS",
+    "DEFAULT_CHECKPOINT",
+    "ModelConfig",
+    "InferenceConfig",
+    "AlignmentConfig",
+    "PreprocessConfig",
+    "PostprocessConfig",
+    "VizConfig",
+    "ColmapConfig",
+    "JobConfig",
+    "UIConfig",
+    "AppConfig",
+]
+
+#: Short names of Naver's official checkpoints -> Hugging Face hub repo ids.
+OFFICIAL_CHECKPOINTS: dict[str, str] = {
+    "DUSt3R_ViTLarge_BaseDecoder_512_dpt": "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",
+    "DUSt3R_ViTLarge_BaseDecoder_512_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_512_linear",
+    "DUSt3R_ViTLarge_BaseDecoder_224_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear",
+}
+DEFAULT_CHECKPOINT = OFFICIAL_CHECKPOINTS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Which network to load and where."""
+
+    checkpoint: str = DEFAULT_CHECKPOINT
+    """Hub repo id, official short name, local folder, ``.safetensors`` or ``.pth`` file."""
+    device: str = "auto"
+    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    cache_dir: str | None = None
+    """Hugging Face cache folder; None = huggingface_hub's default (HF_HOME)."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """How uploads become network inputs (reference rules, FORMAT.md section 3)."""
+
+    image_size: int = 512
+    """Long side in pixels (multiple of 16), or 224 for the square-crop mode."""
+    square_ok: bool = False
+    """Keep square images square (otherwise cropped to 4:3, as the reference does)."""
+    enhance: bool = False
+    """Contrast/sharpness enhancement before the network (trained without it: off by default)."""
+    contrast: float = 1.2
+    """Contrast factor used when ``enhance`` is on."""
+    sharpness: float = 1.5
+    """Sharpness factor used when ``enhance`` is on."""
+    max_pixels: int = 100_000_000
+    """Decompression-bomb guard: images with more pixels are rejected."""
+
+    def __post_init__(self) -> None:
+        _check(self.image_size >= 16 and self.image_size % 16 == 0,
+               f"image_size must be a positive multiple of 16, got {self.image_size}")
+        _check(self.contrast > 0 and self.sharpness > 0,
+               f"contrast and sharpness must be > 0, got {self.contrast}, {self.sharpness}")
+        _check(self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class InferenceConfig:
+    """Pair inference."""
+
+    scene_graph: str = "complete"
+    """``complete``, ``swin-K[-noncyclic]``, ``logwin-K[-noncyclic]`` or ``oneref-I``."""
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    """``auto``: bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    batch_size: int = 8
+    """Pairs decoded together (same shapes only)."""
+    memory_fraction: float = 0.9
+    """Fraction of free device memory the run may plan to use before it refuses to start."""
+
+    def __post_init__(self) -> None:
+        _check(self.batch_size >= 1, f"batch_size must be >= 1, got {self.batch_size}")
+        _check(0 < self.memory_fraction <= 1,
+               f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+
+
+@dataclass(frozen=True)
+class AlignmentConfig:
+    """Global alignment (FORMAT.md section 6)."""
+
+    niter: int = 300
+    """Adam iterations (3+ images)."""
+    schedule: Literal["linear", "cosine"] = "linear"
+    """Learning-rate schedule (the demo's default is linear)."""
+    lr: float = 0.01
+    """Initial learning rate."""
+    lr_min: float = 1e-6
+    """Final learning rate."""
+    min_conf_thr: float = 3.0
+    """Raw-confidence threshold used by the init (PnP mask) and the masks."""
+    init: Literal["mst"] = "mst"
+    """Initialisation method."""
+    shared_focal: bool = False
+    """Optimise one focal length shared by all images."""
+    known_focal: tuple[float, ...] | None = None
+    """Fixed focal length(s) in pixels of the processed image: one value, or one per image."""
+    early_stop: bool = False
+    """Stop when the loss stops improving (off for reference parity)."""
+    early_stop_patience: int = 30
+    """Iterations without relative improvement > ``early_stop_tol`` before stopping."""
+    early_stop_tol: float = 1e-4
+    """Relative loss improvement that counts as progress."""
+
+    def __post_init__(self) -> None:
+        _check(self.niter >= 0, f"niter must be >= 0, got {self.niter}")
+        _check(self.lr > 0 and self.lr_min >= 0, f"lr must be > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
+        _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
+        _check(self.known_focal is None or all(f > 0 for f in self.known_focal),
+               f"known focal lengths must be > 0, got {self.known_focal}")
+        _check(self.early_stop_patience >= 1,
+               f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
+
+
+@dataclass(frozen=True)
+class PostprocessConfig:
+    """Which points of the aligned scene are shown and exported."""
+
+    min_conf_thr: float = 3.0
+    """Raw confidence (always >= 1) a point needs to be kept."""
+    clean_depth: bool = True
+    """Drop points lying in front of another view's surface with lower confidence."""
+    outlier_removal: bool = True
+    """Statistical outlier removal (mean distance to k nearest neighbours)."""
+    outlier_neighbors: int = 16
+    """k for statistical outlier removal."""
+    outlier_std: float = 2.0
+    """Points whose mean neighbour distance exceeds mean + std_ratio * std are dropped."""
+    largest_component: bool = False
+    """Keep only the largest connected object."""
+    mask_sky: bool = False
+    """Drop bright, low-texture, far pixels at the top of the images (heuristic sky mask)."""
+
+    def __post_init__(self) -> None:
+        _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
+        _check(self.outlier_neighbors >= 1, f"outlier_neighbors must be >= 1, got {self.outlier_neighbors}")
+        _check(self.outlier_std > 0, f"outlier_std must be > 0, got {self.outlier_std}")
+
+
+@dataclass(frozen=True)
+class VizConfig:
+    """How the scene is drawn in the GLB and the gallery."""
+
+    as_pointcloud: bool = False
+    """Coloured point cloud instead of a mesh."""
+    show_cameras: bool = True
+    """Draw a frustum per view."""
+    cam_size: float = 0.05
+    """Frustum size, as a fraction of the scene extent."""
+    cam_image: bool = True
+    """Show each image on its frustum."""
+    cam_transparent: bool = False
+    """Draw frustums semi-transparent."""
+    max_points: int = 1_000_000
+    """Points/vertices above this are subsampled."""
+    depth_cmap: str = "turbo"
+    """Matplotlib colormap for depth maps."""
+    conf_cmap: str = "magma"
+    """Matplotlib colormap for confidence maps."""
+
+    def __post_init__(self) -> None:
+        _check(self.cam_size > 0, f"cam_size must be > 0, got {self.cam_size}")
+        _check(self.max_points >= 1000, f"max_points must be >= 1000, got {self.max_points}")
+
+
+@dataclass(frozen=True)
+class ColmapConfig:
+    """Classical structure-from-motion engine (pycolmap)."""
+
+    matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
+    """``auto``: exhaustive for small sets, sequential for long ordered captures."""
+    exhaustive_max_images: int = 40
+    """``auto`` switches to sequential matching above this many images."""
+    mapper: Literal["global", "incremental"] = "global"
+    """Mapping method."""
+    max_image_size: int = 2000
+    """SIFT runs on images downscaled to this long side (0 = original size)."""
+
+    def __post_init__(self) -> None:
+        _check(self.exhaustive_max_images >= 2,
+               f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
+        _check(self.max_image_size >= 0, f"max_image_size must be >= 0, got {self.max_image_size}")
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """Where runs write their files and how long they are kept."""
+
+    output_root: Path = Path("outputs")
+    """Every run gets its own folder below this."""
+    max_age_hours: float = 24.0
+    """Jobs older than this are deleted (never the current session's)."""
+    max_total_mb: float = 5000.0
+    """Oldest jobs are deleted while the root is larger than this."""
+
+    def __post_init__(self) -> None:
+        _check(self.max_age_hours > 0, f"max_age_hours must be > 0, got {self.max_age_hours}")
+        _check(self.max_total_mb > 0, f"max_total_mb must be > 0, got {self.max_total_mb}")
+
+
+@dataclass(frozen=True)
+class UIConfig:
+    """The web app."""
+
+    host: str = "127.0.0.1"
+    """Address to bind (loopback by default)."""
+    port: int = 7860
+    """Port to bind."""
+    share: bool = False
+    """Create a public Gradio share link."""
+    max_images: int = 32
+    """Largest upload count per run."""
+    max_upload_mb: float = 50.0
+    """Largest single upload."""
+    concurrency_limit: int = 1
+    """Reconstructions run at once per device."""
+
+    def __post_init__(self) -> None:
+        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
+        _check(self.max_images >= 2, f"max_images must be >= 2, got {self.max_images}")
+        _check(self.max_upload_mb > 0, f"max_upload_mb must be > 0, got {self.max_upload_mb}")
+        _check(self.concurrency_limit >= 1, f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
+
+
+@dataclass(frozen=True)
+class AppConfig:
+    """Everything, nested by concern."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
+    inference: InferenceConfig = field(default_factory=InferenceConfig)
+    alignment: AlignmentConfig = field(default_factory=AlignmentConfig)
+    postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
+    viz: VizConfig = field(default_factory=VizConfig)
+    colmap: ColmapConfig = field(default_factory=ColmapConfig)
+    jobs: JobConfig = field(default_factory=JobConfig)
+    ui: UIConfig = field(default_factory=UIConfig)
