@@ -128,15 +128,19 @@ class PairPredictions:
         if self.names is not None and len(self.names) != n:
             raise ValueError(f"expected {n} names, got {len(self.names)}")
 
-    def save_npz(self, path: str | Path) -> None:
+    def save_npz(self, path: str | Path, *, batch_size: int = 1) -> None:
         """Write the reference fixture key layout (``tiny_*_inference.npz``).
 
-        Keys: ``pairs`` (P, 2) int64; per view k ``true_shape_k`` (1, 2) int32 and, when images
+        Keys: ``pairs`` (P, 2) int64, ``n_images`` and ``batch_size`` (0-d int64); per view k ``true_shape_k`` (1, 2) int32 and, when images
         are kept, ``img_k`` (1, 3, H, W) float32; per pair p ``pair{p}_pred1_pts3d``,
         ``pair{p}_pred1_conf``, ``pair{p}_pred2_pts3d_in_other_view``, ``pair{p}_pred2_conf``.
         Extension: ``name_k`` (0-d str) when names are known.
         """
-        arrays: dict[str, np.ndarray] = {"pairs": self.pairs.numpy().astype(np.int64)}
+        arrays: dict[str, np.ndarray] = {
+            "pairs": self.pairs.numpy().astype(np.int64),
+            "n_images": np.array(self.n_views, dtype=np.int64),
+            "batch_size": np.array(batch_size, dtype=np.int64),
+        }
         for k, (h, w) in enumerate(self.true_shapes):
             arrays[f"true_shape_{k}"] = np.array([[h, w]], dtype=np.int32)
             if self.images is not None:
@@ -171,7 +175,9 @@ class PairPredictions:
             n = 0
             while f"true_shape_{n}" in keys or f"img_{n}" in keys:
                 n += 1
-            if n == 0 and pairs.numel():
+            if "n_images" in keys:
+                n = max(n, int(data["n_images"]))
+            elif n == 0 and pairs.numel():
                 n = int(pairs.max()) + 1
             names_out = []
             fields: dict[str, list[torch.Tensor]] = {"p1": [], "c1": [], "p2": [], "c2": []}
