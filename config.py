@@ -68,6 +68,8 @@ class PreprocessConfig:
     """Sharpness factor used when ``enhance`` is on."""
     max_pixels: int = 100_000_000
     """Decompression-bomb guard: images with more pixels are rejected."""
+    min_side: int = 16
+    """Smallest accepted width/height of an upload (pixels, after EXIF): one 16-pixel patch."""
 
     def __post_init__(self) -> None:
         _check(self.image_size >= 16 and self.image_size % 16 == 0,
@@ -75,6 +77,7 @@ class PreprocessConfig:
         _check(self.contrast > 0 and self.sharpness > 0,
                f"contrast and sharpness must be > 0, got {self.contrast}, {self.sharpness}")
         _check(self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels}")
+        _check(self.min_side >= 1, f"min_side must be >= 1, got {self.min_side}")
 
 
 @dataclass(frozen=True)
@@ -138,7 +141,7 @@ class PostprocessConfig:
     """Which points of the aligned scene are shown and exported."""
 
     min_conf_thr: float = 3.0
-    """Raw confidence (always >= 1) a point needs to be kept."""
+    """A point is kept when its raw confidence (1 + exp(x), always > 1) is strictly above this."""
     clean_depth: bool = True
     """Drop points lying in front of another view's surface with lower confidence."""
     outlier_removal: bool = True
@@ -151,11 +154,20 @@ class PostprocessConfig:
     """Keep only the largest connected object."""
     mask_sky: bool = False
     """Drop bright, low-texture, far pixels at the top of the images (heuristic sky mask)."""
+    component_radius: float = 8.0
+    """Neighbour radius of the connected-object graph, in median nearest-neighbour distances."""
+    filter_max_points: int = 60_000
+    """Outlier/object filters run on at most this many evenly sampled points; the rest follow their nearest sample."""
+    colmap_max_points: int = 100_000
+    """Most 3D points written to the COLMAP model (evenly sampled from the kept points)."""
 
     def __post_init__(self) -> None:
         _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
         _check(self.outlier_neighbors >= 1, f"outlier_neighbors must be >= 1, got {self.outlier_neighbors}")
         _check(self.outlier_std > 0, f"outlier_std must be > 0, got {self.outlier_std}")
+        _check(self.component_radius > 0, f"component_radius must be > 0, got {self.component_radius}")
+        _check(self.filter_max_points >= 1000, f"filter_max_points must be >= 1000, got {self.filter_max_points}")
+        _check(self.colmap_max_points >= 1, f"colmap_max_points must be >= 1, got {self.colmap_max_points}")
 
 
 @dataclass(frozen=True)
@@ -178,10 +190,13 @@ class VizConfig:
     """Matplotlib colormap for depth maps."""
     conf_cmap: str = "magma"
     """Matplotlib colormap for confidence maps."""
+    mesh_depth_jump: float = 0.05
+    """Mesh triangles whose vertex depths differ by more than this fraction (max/min - 1) are not drawn."""
 
     def __post_init__(self) -> None:
         _check(self.cam_size > 0, f"cam_size must be > 0, got {self.cam_size}")
         _check(self.max_points >= 1000, f"max_points must be >= 1000, got {self.max_points}")
+        _check(self.mesh_depth_jump > 0, f"mesh_depth_jump must be > 0, got {self.mesh_depth_jump}")
 
 
 @dataclass(frozen=True)
@@ -196,11 +211,25 @@ class ColmapConfig:
     """Mapping method."""
     max_image_size: int = 2000
     """SIFT runs on images downscaled to this long side (0 = original size)."""
+    camera_model: Literal["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
+    """COLMAP camera model; the scene keeps its pinhole part (distortion is reported, not applied)."""
+    sequential_overlap: int = 10
+    """Sequential matching: each image is matched with this many following ones (plus 2^k jumps)."""
+    max_num_features: int = 8192
+    """Most SIFT features kept per image."""
+    num_threads: int = 0
+    """CPU threads for extraction, matching and mapping (0 = every core this process may use)."""
+    display_max_size: int = 1024
+    """Long side of the images stored in the scene (intrinsics refer to these images)."""
 
     def __post_init__(self) -> None:
         _check(self.exhaustive_max_images >= 2,
                f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
         _check(self.max_image_size >= 0, f"max_image_size must be >= 0, got {self.max_image_size}")
+        _check(self.sequential_overlap >= 1, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
+        _check(self.max_num_features >= 100, f"max_num_features must be >= 100, got {self.max_num_features}")
+        _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
+        _check(self.display_max_size >= 64, f"display_max_size must be >= 64, got {self.display_max_size}")
 
 
 @dataclass(frozen=True)
@@ -213,10 +242,16 @@ class JobConfig:
     """Jobs older than this are deleted (never the current session's)."""
     max_total_mb: float = 5000.0
     """Oldest jobs are deleted while the root is larger than this."""
+    save_pairs: bool = True
+    """Keep DUSt3R pair predictions (pairs.npz, ~6 MB per pair at 512x384) for re-alignment."""
+    keep_session_jobs: bool = True
+    """Keep a browser session's jobs after its tab closes (then cleaned by age/size); False deletes them."""
 
     def __post_init__(self) -> None:
         _check(self.max_age_hours > 0, f"max_age_hours must be > 0, got {self.max_age_hours}")
         _check(self.max_total_mb > 0, f"max_total_mb must be > 0, got {self.max_total_mb}")
+        _check(isinstance(self.save_pairs, bool) and isinstance(self.keep_session_jobs, bool),
+               f"save_pairs and keep_session_jobs must be bools, got {self.save_pairs!r}, {self.keep_session_jobs!r}")
 
 
 @dataclass(frozen=True)
@@ -235,12 +270,30 @@ class UIConfig:
     """Largest single upload."""
     concurrency_limit: int = 1
     """Reconstructions run at once per device."""
+    queue_size: int = 16
+    """Most requests waiting in the queue; more are refused with a 'queue full' message."""
+    max_niter: int = 2000
+    """Upper end of the iterations slider."""
+    max_conf_thr: float = 20.0
+    """Upper end of the confidence-threshold slider (raw confidence, >= 1)."""
+    max_cam_size: float = 0.2
+    """Upper end of the camera-size slider (fraction of the scene extent)."""
+    viewer_height: int = 560
+    """Height of the 3D viewer in pixels (outside fullscreen)."""
+    cache_clean_s: int = 3600
+    """How often Gradio's cache of served files is cleaned (seconds); files older than the jobs' max age go."""
 
     def __post_init__(self) -> None:
         _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
         _check(self.max_images >= 2, f"max_images must be >= 2, got {self.max_images}")
         _check(self.max_upload_mb > 0, f"max_upload_mb must be > 0, got {self.max_upload_mb}")
         _check(self.concurrency_limit >= 1, f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
+        _check(self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}")
+        _check(self.max_niter >= 1, f"max_niter must be >= 1, got {self.max_niter}")
+        _check(self.max_conf_thr > 1, f"max_conf_thr must be > 1, got {self.max_conf_thr}")
+        _check(self.max_cam_size > 0, f"max_cam_size must be > 0, got {self.max_cam_size}")
+        _check(self.viewer_height >= 200, f"viewer_height must be >= 200, got {self.viewer_height}")
+        _check(self.cache_clean_s >= 60, f"cache_clean_s must be >= 60, got {self.cache_clean_s}")
 
 
 @dataclass(frozen=True)
