@@ -76,12 +76,15 @@ class InputImage:
     def original_from_processed(self) -> np.ndarray:
         """(3, 3) float64 affine mapping processed pixel coordinates to original ones.
 
-        Intrinsics rescale the same way: ``K_original = original_from_processed() @ K``.
+        PIL resizes with pixel centres at half-integers, so processed pixel u maps to
+        ``(u + left + 0.5) / sx - 0.5`` in the original. Intrinsics rescale the same way:
+        ``K_original = original_from_processed() @ K``.
         """
         sx = self.resized_size[0] / self.original_size[0]
         sy = self.resized_size[1] / self.original_size[1]
         left, top = self.crop_box[0], self.crop_box[1]
-        return np.array([[1 / sx, 0, left / sx], [0, 1 / sy, top / sy], [0, 0, 1]], dtype=np.float64)
+        ox, oy = (left + 0.5) / sx - 0.5, (top + 0.5) / sy - 0.5
+        return np.array([[1 / sx, 0, ox], [0, 1 / sy, oy], [0, 0, 1]], dtype=np.float64)
 
 
 @dataclass(frozen=True)

@@ -64,8 +64,9 @@ def test_original_from_processed_maps_crop_and_resize_back():
     img = InputImage(tensor=torch.zeros(1, 3, 384, 480), idx=0, name="a.jpg", original_size=(1000, 750),
                      resized_size=(512, 384), crop_box=(16, 0, 496, 384))
     a = img.original_from_processed()
-    np.testing.assert_allclose(a @ [0, 0, 1], [16 * 1000 / 512, 0, 1])
-    np.testing.assert_allclose(a @ [479, 383, 1], [(479 + 16) * 1000 / 512, 383 * 750 / 384, 1])
+    sx, sy = 512 / 1000, 384 / 750
+    np.testing.assert_allclose(a @ [0, 0, 1], [16.5 / sx - 0.5, 0.5 / sy - 0.5, 1])
+    np.testing.assert_allclose(a @ [479, 383, 1], [(479 + 16.5) / sx - 0.5, 383.5 / sy - 0.5, 1])
 
 
 def test_scene_fills_defaults_and_checks_shapes():
