@@ -115,6 +115,8 @@ class AlignmentConfig:
     """Raw-confidence threshold used by the init (PnP mask) and the masks."""
     init: Literal["mst"] = "mst"
     """Initialisation method."""
+    mst_stale_focal: bool = True
+    """Keep the reference 'mst' quirk (a focal estimated from the previous tree edge's points); False = own pair."""
     shared_focal: bool = False
     """Optimise one focal length shared by all images."""
     known_focal: tuple[float, ...] | None = None
@@ -134,6 +136,8 @@ class AlignmentConfig:
                f"known focal lengths must be > 0, got {self.known_focal}")
         _check(self.early_stop_patience >= 1,
                f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
+        _check(isinstance(self.mst_stale_focal, bool),
+               f"mst_stale_focal must be a bool, got {self.mst_stale_focal!r}")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,297 @@
+"""Every export read back with the library its users would use (trimesh, pycolmap, numpy,
+Pillow) and checked against the scene."""
+
+from __future__ import annotations
+
+import json
+import zipfile
+
+import numpy as np
+import pycolmap
+import pytest
+import trimesh
+from PIL import Image
+
+from config import PostprocessConfig, VizConfig
+from core.export import (
+    EXPORT_FORMATS,
+    cam_from_world_qt,
+    colmap_intrinsics,
+    export_scene,
+    original_intrinsics,
+    parse_formats,
+    skipped_formats,
+    write_colmap,
+)
+from core.postprocessing import gather_points, point_masks, sparse_mask
+from core.visualization import scene_mesh
+from tests.core.scene_factory import make_dense_scene, make_sparse_scene
+
+POST = PostprocessConfig()
+VIZ = VizConfig()
+SCALE = 4.0  # uploads 4x larger than the processed images, cropped 8 resized rows at the top
+CROP_TOP = 8
+
+
+@pytest.fixture(scope="module")
+def dense():
+    syn = make_dense_scene(
+        original_scale=SCALE, crop_top=CROP_TOP, names=("IMG_0001.JPG", "IMG_0002.JPG", "IMG_0003.JPG")
+    )
+    return syn.scene, point_masks(syn.scene, POST)
+
+
+@pytest.fixture(scope="module")
+def exported(dense, tmp_path_factory):
+    scene, masks = dense
+    out_dir = tmp_path_factory.mktemp("export")
+    return export_scene(scene, masks, out_dir, parse_formats("all"), post_cfg=POST, viz_cfg=VIZ), out_dir
+
+
+def test_parse_formats():
+    assert parse_formats("glb, PLY ,npz") == {"glb", "ply", "npz"}
+    assert parse_formats("all") == set(EXPORT_FORMATS)
+    assert parse_formats("zip") == {"zip"}
+    with pytest.raises(ValueError, match="unknown export format.*stl.*valid: glb, ply"):
+        parse_formats("glb,stl")
+    with pytest.raises(ValueError, match="no export format"):
+        parse_formats(" , ")
+    with pytest.raises(TypeError):
+        parse_formats(["glb"])  # type: ignore[arg-type]
+
+
+def test_export_writes_every_format_and_zips_them(exported):
+    out, out_dir = exported
+    assert set(out) == set(EXPORT_FORMATS) | {"maps", "manifest"}
+    manifest = json.loads(out["manifest"].read_text())
+    assert manifest["skipped"] == {} and manifest["written"]["zip"] == "reconstruction.zip"
+    on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
+    with zipfile.ZipFile(out["zip"]) as zf:
+        assert zf.testzip() is None
+        assert set(zf.namelist()) == on_disk - {"reconstruction.zip"}
+        assert zf.read("cameras.json") == out["json"].read_bytes()
+    for required in (
+        "scene.glb",
+        "pointcloud.ply",
+        "mesh.obj",
+        "cameras.json",
+        "scene.npz",
+        "colmap/sparse/0/points3D.bin",
+        "colmap/sparse/0/images.txt",
+        "depth/IMG_0002_depth.png",
+        "maps/IMG_0001_confmap.png",
+    ):
+        assert required in on_disk
+
+
+def test_ply_read_back_with_trimesh(dense, exported):
+    scene, masks = dense
+    out, _ = exported
+    cloud = trimesh.load(out["ply"])
+    pts = gather_points(scene, masks)
+    assert len(cloud.vertices) == len(pts) == sum(int(m.sum()) for m in masks)
+    np.testing.assert_array_equal(cloud.vertices.astype(np.float32), pts.xyz)
+    np.testing.assert_array_equal(cloud.colors[:, :3], pts.rgb)
+    raw = cloud.metadata["_ply_raw"]["vertex"]["data"]
+    np.testing.assert_array_equal(raw["confidence"], pts.conf)
+    assert out["ply"].read_bytes().startswith(b"ply\nformat binary_little_endian 1.0\n")
+
+
+def test_obj_read_back_with_trimesh(dense, exported):
+    scene, masks = dense
+    out, _ = exported
+    mesh = trimesh.load(out["obj"], process=False)
+    verts, faces, cols = scene_mesh(scene, masks, depth_jump=VIZ.mesh_depth_jump, max_vertices=VIZ.max_points)
+    assert len(mesh.vertices) == len(verts) and len(mesh.faces) == len(faces) > 1000
+    np.testing.assert_allclose(mesh.vertices, verts, atol=1e-5)
+    np.testing.assert_array_equal(mesh.faces, faces)
+    np.testing.assert_array_equal(mesh.visual.vertex_colors[:, :3], cols)
+
+
+def test_glb_read_back_with_trimesh(exported):
+    out, _ = exported
+    glb = trimesh.load(out["glb"])
+    assert "mesh" in glb.geometry and "camera_2" in glb.geometry
+
+
+def _scene_projection_original(scene, k, xyz):
+    """Where the scene says world points land in ORIGINAL image k (integer pixel centres):
+    scene K and pose -> processed pixels -> original_from_processed. Also returns z-depth."""
+    cam_from_world = np.linalg.inv(scene.world_from_cam[k].astype(np.float64))
+    pc = xyz @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
+    uv = scene.focals[k] * pc[:, :2] / pc[:, 2:] + scene.principal_points[k]
+    hom = np.c_[uv, np.ones(len(uv))]
+    return (hom @ scene.original_from_processed[k].T)[:, :2], pc[:, 2]
+
+
+@pytest.mark.parametrize("kind", ["text", "binary"])
+def test_colmap_model_loads_and_reprojects_into_original_images(dense, exported, kind):
+    scene, masks = dense
+    out, _ = exported
+    rec = pycolmap.Reconstruction()
+    getattr(rec, f"read_{kind}")(str(out["colmap"]))
+    assert rec.num_images() == scene.n_views and rec.num_cameras() == scene.n_views
+    kept = sum(int(m.sum()) for m in masks)
+    assert rec.num_points3D() == min(kept, POST.colmap_max_points)
+    params = colmap_intrinsics(scene)
+    depths = scene.depths
+    n_checked = 0
+    for k, name in enumerate(scene.names):
+        image = rec.find_image_with_name(name)
+        assert image is not None
+        cam = rec.camera(image.camera_id)
+        assert cam.model_name == "PINHOLE"
+        assert (cam.width, cam.height) == scene.original_sizes[k] == (256, 256)
+        np.testing.assert_allclose(cam.params, params[k], rtol=1e-9)
+        f = float(scene.focals[k])
+        np.testing.assert_allclose(cam.params[:2], [f * SCALE, f * SCALE], rtol=1e-6)
+        pose = np.asarray(image.cam_from_world().matrix())
+        np.testing.assert_allclose(pose, np.linalg.inv(scene.world_from_cam[k].astype(np.float64))[:3], atol=1e-5)
+        obs = image.get_observation_points2D()
+        assert len(obs) > 100
+        xyz = np.array([rec.point3D(p.point3D_id).xyz for p in obs])
+        stored = np.array([p.xy for p in obs])
+        colmap_proj = np.array([image.project_point(x) for x in xyz]) - 0.5  # COLMAP centres pixels at +0.5
+        scene_says, z = _scene_projection_original(scene, k, xyz)
+        assert np.abs(colmap_proj - scene_says).max() < 1.0  # the acceptance criterion
+        assert np.abs(colmap_proj - scene_says).max() < 1e-3  # and in fact exact
+        assert np.abs(stored - 0.5 - colmap_proj).max() < 1e-3
+        # observations are visible (depth-consistent in view k), not occluded
+        uv_proc = (np.c_[scene_says, np.ones(len(z))] @ np.linalg.inv(scene.original_from_processed[k]).T)[:, :2]
+        u, v = np.rint(uv_proc).astype(int).T
+        np.testing.assert_allclose(z, depths[k][v, u], rtol=0.021)
+        n_checked += len(obs)
+    assert n_checked == sum(len(p.track.elements) for p in rec.points3D.values())
+    tracks = np.array([p.track.length() for p in rec.points3D.values()])
+    assert tracks.min() >= 1 and tracks.mean() > 1.5  # multi-view tracks
+
+
+def test_colmap_subsamples_and_refuses_duplicate_names(dense, tmp_path):
+    scene, masks = dense
+    model = write_colmap(scene, masks, tmp_path / "m", max_points=500)
+    rec = pycolmap.Reconstruction(str(model))
+    assert rec.num_points3D() == 500
+    q, t = cam_from_world_qt(scene.world_from_cam[0])
+    assert q[0] >= 0 and abs(np.linalg.norm(q) - 1) < 1e-12
+    dup = make_dense_scene(n_views=2, height=16, width=16, names=("a.jpg", "a.jpg")).scene
+    with pytest.raises(ValueError, match="unique image names"):
+        write_colmap(dup, None, tmp_path / "d", max_points=10)
+
+
+def test_colmap_intrinsics_map_pixel_centres():
+    syn = make_dense_scene(n_views=1, height=16, width=16, original_scale=SCALE, crop_top=CROP_TOP)
+    fx, fy, cx, cy = colmap_intrinsics(syn.scene)[0]
+    # processed principal point (8, 8) = centre of pixel 8 = 8.5 in pixel-corner (COLMAP) coordinates;
+    # the upload is 4x larger and 8 resized rows were cropped at the top
+    assert (fx, fy) == pytest.approx((0.8 * 16 * SCALE,) * 2)
+    assert (cx, cy) == pytest.approx((8.5 * SCALE, (8.5 + CROP_TOP) * SCALE))
+
+
+def test_cameras_json(dense, exported):
+    scene, _ = dense
+    out, _ = exported
+    doc = json.loads(out["json"].read_text())
+    assert "OpenCV" in doc["convention"] and "camera-to-world" in doc["convention"]
+    assert doc["n_images"] == 3 and doc["final_loss"] == pytest.approx(scene.final_loss)
+    k_orig = original_intrinsics(scene)
+    for k, entry in enumerate(doc["images"]):
+        assert entry["name"] == scene.names[k]
+        assert entry["original_size"] == [256, 256] and entry["processed_size"] == [64, 48]
+        np.testing.assert_allclose(entry["K_processed"], scene.intrinsics()[k])
+        np.testing.assert_allclose(entry["K_original"], k_orig[k])
+        wfc, cfw = np.array(entry["world_from_cam"]), np.array(entry["cam_from_world"])
+        np.testing.assert_allclose(wfc, scene.world_from_cam[k], atol=1e-7)
+        np.testing.assert_allclose(wfc @ cfw, np.eye(4), atol=1e-9)
+        # K_original (integer pixel centres) = COLMAP params - 0.5 on the principal point
+        fx, fy, cx, cy = colmap_intrinsics(scene)[k]
+        np.testing.assert_allclose(
+            np.array(entry["K_original"])[[0, 1, 0, 1], [0, 1, 2, 2]], [fx, fy, cx - 0.5, cy - 0.5]
+        )
+        assert entry["files"]["depth_png"] == f"depth/{scene.names[k][:-4]}_depth.png"
+    assert doc["depth_png_scale"] > 0
+
+
+def test_depth_and_confidence_files(dense, exported):
+    scene, _ = dense
+    out, out_dir = exported
+    doc = json.loads(out["json"].read_text())
+    sidecar = json.loads((out["depth"] / "depth_png.json").read_text())
+    scale = doc["depth_png_scale"]
+    assert sidecar["depth_png_scale"] == scale
+    for k, entry in enumerate(doc["images"]):
+        depth = np.load(out_dir / entry["files"]["depth_npy"])
+        np.testing.assert_array_equal(depth, scene.depths[k])
+        np.testing.assert_array_equal(np.load(out_dir / entry["files"]["conf_npy"]), scene.conf[k])
+        png = Image.open(out_dir / entry["files"]["depth_png"])
+        assert png.mode in ("I;16", "I") and png.size == (64, 48)
+        values = np.asarray(png).astype(np.float64)
+        assert values.max() <= 65535 and (values > 0).all()
+        np.testing.assert_allclose(values / scale, depth, atol=0.51 / scale)
+    assert max(np.asarray(Image.open(out_dir / e["files"]["depth_png"])).max() for e in doc["images"]) == 65535
+    gallery = sorted(p.name for p in out["maps"].iterdir())
+    assert len(gallery) == 9 and "IMG_0003_depthmap.png" in gallery
+
+
+def test_scene_npz(dense, exported):
+    scene, masks = dense
+    out, _ = exported
+    with np.load(out["npz"], allow_pickle=False) as z:
+        required = {"world_from_cam", "focals", "principal_points", "final_loss"}
+        for k in range(3):
+            required |= {f"image_{k}", f"depth_{k}", f"pts3d_{k}", f"conf_{k}"}
+        assert required <= set(z.files)
+        assert z["world_from_cam"].shape == (3, 4, 4) and z["focals"].shape == (3,)
+        assert z["principal_points"].shape == (3, 2)
+        np.testing.assert_array_equal(z["world_from_cam"], scene.world_from_cam)
+        assert float(z["final_loss"]) == pytest.approx(scene.final_loss)
+        for k in range(3):
+            assert z[f"image_{k}"].dtype == np.uint8 and z[f"image_{k}"].shape == (48, 64, 3)
+            np.testing.assert_array_equal(z[f"image_{k}"], scene.images[k])
+            np.testing.assert_array_equal(z[f"depth_{k}"], scene.depths[k])
+            np.testing.assert_array_equal(z[f"pts3d_{k}"], scene.pts3d[k])
+            np.testing.assert_array_equal(z[f"conf_{k}"], scene.conf[k])
+            np.testing.assert_array_equal(z[f"mask_{k}"], masks[k])
+        assert list(z["names"]) == list(scene.names)
+
+
+def test_export_computes_masks_when_none_and_subsets(dense, tmp_path):
+    scene, masks = dense
+    out = export_scene(scene, None, tmp_path, {"ply"}, post_cfg=POST, viz_cfg=VIZ)
+    assert set(out) == {"ply", "manifest"}
+    assert len(trimesh.load(out["ply"]).vertices) == sum(int(m.sum()) for m in masks)
+    unloss = make_dense_scene(n_views=2, height=16, width=16, final_loss=None).scene
+    out = export_scene(unloss, None, tmp_path / "u", {"npz"}, post_cfg=POST, viz_cfg=VIZ)
+    with np.load(out["npz"]) as z:
+        assert np.isnan(z["final_loss"])
+    with pytest.raises(ValueError, match="unknown export format"):
+        export_scene(scene, None, tmp_path, {"stl"}, post_cfg=POST, viz_cfg=VIZ)
+
+
+def test_sparse_scene_exports(tmp_path):
+    scene, outlier = make_sparse_scene()
+    keep = sparse_mask(scene, POST)
+    out = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
+    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "manifest", "zip"}
+    reasons = skipped_formats(scene, set(EXPORT_FORMATS))
+    assert set(reasons) == {"obj", "depth"} and all("sparse" in r for r in reasons.values())
+    manifest = json.loads(out["manifest"].read_text())
+    assert manifest["skipped"] == reasons
+    assert json.loads(out["json"].read_text())["missing"] == reasons
+    assert not (tmp_path / "mesh.obj").exists() and not (tmp_path / "depth").exists()
+    cloud = trimesh.load(out["ply"])
+    assert len(cloud.vertices) == keep.sum() == len(keep) - outlier.sum()
+    raw = cloud.metadata["_ply_raw"]["vertex"]["data"]
+    np.testing.assert_array_equal(raw["track_length"], scene.sparse.track_length[keep])
+    np.testing.assert_array_equal(raw["reproj_error"], scene.sparse.reproj_error[keep])
+    rec = pycolmap.Reconstruction(str(out["colmap"]))
+    assert rec.num_points3D() == keep.sum() and rec.num_images() == 3
+    xyz = np.array(sorted(tuple(p.xyz) for p in rec.points3D.values()))
+    np.testing.assert_allclose(xyz, np.array(sorted(map(tuple, scene.sparse.xyz[keep].astype(np.float64)))), atol=1e-6)
+    with np.load(out["npz"]) as z:
+        assert not any(k.startswith(("depth_", "pts3d_", "conf_")) for k in z.files)
+        assert set(z["missing_keys"]) == {"depth_k", "pts3d_k", "conf_k", "mask_k"}
+        np.testing.assert_array_equal(z["sparse_xyz"], scene.sparse.xyz)
+        np.testing.assert_array_equal(z["sparse_mask"], keep)
+        assert "image_0" in z.files and "world_from_cam" in z.files
+    with zipfile.ZipFile(out["zip"]) as zf:
+        assert "colmap/sparse/0/cameras.bin" in zf.namelist()
