@@ -1,0 +1,340 @@
+"""Pair-inference speed and memory: the reference's loop vs ``core.inference.run_inference``.
+
+Builds the full DUSt3R_ViTLarge_BaseDecoder_512_dpt architecture (``model.DUSt3R`` with the
+official config, random weights: PyTorch's default init, the heads' last convolution scaled by 0.1
+so the exp depth / confidence outputs stay finite) and runs N random images of WxH (default 3 and
+8 images of 512x384), complete scene graph, in three modes:
+
+- ``baseline``: emulation of the official demo's loop: one pair at a time, batch 1, float32,
+  ``model.forward(img_i, img_j)`` for every pair (so each image is encoded 2(N-1) times),
+  outputs moved to the CPU after each pair. With ``--baseline-pairs K`` only the first K pairs
+  run and the totals are extrapolated (per-pair mean x P), clearly marked.
+- ``ours-fp32``: ``run_inference`` in float32 (each image encoded once, pairs batched).
+- ``ours-bf16`` (CPU with native bf16) / ``ours-amp`` (CUDA: bf16 on compute capability >= 8,
+  else fp16): the same under autocast, heads in float32.
+
+Each mode runs in a fresh subprocess (so the peak memory of one does not hide another's): peak
+resident memory (``ru_maxrss``) on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA. The
+table also shows ``estimate_memory``'s prediction for our runs (weights included, same basis).
+Timings: encoding = until every image is encoded (baseline: time inside ``model.encode``),
+decode+heads = the rest, s/pair = total / pairs.
+
+    python3 bench/bench_inference.py                                 # 3 and 8 images, 512x384, CPU/auto
+    python3 bench/bench_inference.py --images 8 --baseline-pairs 4   # baseline extrapolated from 4 pairs
+    python3 bench/bench_inference.py --device cuda --skip-baseline
+    python3 bench/bench_inference.py --images 2 --size 128x96 --threads 2   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+CONFIG_512_DPT = {
+    "conf_mode": ["exp", 1, float("inf")],
+    "dec_depth": 12,
+    "dec_embed_dim": 768,
+    "dec_num_heads": 12,
+    "depth_mode": ["exp", -float("inf"), float("inf")],
+    "enc_depth": 24,
+    "enc_embed_dim": 1024,
+    "enc_num_heads": 16,
+    "freeze": "none",
+    "head_type": "dpt",
+    "img_size": [512, 512],
+    "landscape_only": False,
+    "output_mode": "pts3d",
+    "patch_embed_cls": "PatchEmbedDust3R",
+    "pos_embed": "RoPE100",
+}
+MODES = ("baseline", "ours-fp32", "ours-amp")
+
+
+def _build_model(device):
+    import torch
+
+    import model as M
+
+    torch.manual_seed(0)
+    with torch.device(device):
+        net = M.DUSt3R(**CONFIG_512_DPT)
+    with torch.no_grad():
+        for head in (net.downstream_head1, net.downstream_head2):
+            head.dpt.head[-1].weight.mul_(0.1)
+    return net.eval()
+
+
+def _sync(device) -> None:
+    import torch
+
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _current_bytes(device) -> int:
+    """Memory in use now: CUDA allocated, or the process's resident set (Linux; else the peak so far)."""
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.memory_allocated(device))
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return _peak_bytes(device)
+
+
+def _peak_bytes(device) -> int:
+    import torch
+
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(rss if sys.platform == "darwin" else rss * 1024)  # bytes on macOS, KiB on Linux
+
+
+def _worker(args: argparse.Namespace) -> dict:
+    """Run one mode in this process; returns the measurements."""
+    import torch
+
+    import model as M
+    from config import InferenceConfig
+    from core.inference import ModelDims, estimate_memory, run_inference
+    from core.pairs import make_pairs
+    from core.types import InputImage
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = M.resolve_device(args.device)
+    w, h = args.size
+    n = args.n
+    net = _build_model(device)
+    g = torch.Generator().manual_seed(1)
+    tensors = [torch.rand(1, 3, h, w, generator=g) * 2 - 1 for _ in range(n)]
+    images = [
+        InputImage(tensor=t, idx=k, name=f"random{k}", original_size=(w, h), resized_size=(w, h), crop_box=(0, 0, w, h))
+        for k, t in enumerate(tensors)
+    ]
+    pairs = make_pairs(n, "complete")
+    encoded = {"images": 0, "seconds": 0.0}
+    original_encode = net.encode
+
+    def counting_encode(img):
+        _sync(device)
+        t = time.perf_counter()
+        out = original_encode(img)
+        _sync(device)
+        encoded["images"] += int(img.shape[0])
+        encoded["seconds"] += time.perf_counter() - t
+        return out
+
+    net.encode = counting_encode
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {
+        "mode": args.worker,
+        "n_images": n,
+        "pairs": len(pairs),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "size": f"{w}x{h}",
+        "base": _current_bytes(device),
+    }
+    finite = True
+    if args.worker == "baseline":
+        run = pairs[: args.baseline_pairs] if args.baseline_pairs else pairs
+        _sync(device)
+        t0 = time.perf_counter()
+        with torch.inference_mode():
+            for i, j in run:
+                pred1, pred2 = net(tensors[i].to(device), tensors[j].to(device))
+                outs = [
+                    pred1["pts3d"].cpu(),
+                    pred1["conf"].cpu(),
+                    pred2["pts3d_in_other_view"].cpu(),
+                    pred2["conf"].cpu(),
+                ]
+                finite = finite and all(bool(torch.isfinite(o).all()) for o in outs)
+        _sync(device)
+        total = time.perf_counter() - t0
+        scale = len(pairs) / len(run)
+        result.update(
+            pairs_run=len(run),
+            encoder_passes=round(encoded["images"] * scale),
+            t_encode=encoded["seconds"] * scale,
+            t_total=total * scale,
+            autocast="fp32",
+            estimate=None,
+        )
+    else:
+        dtype = None if args.worker == "ours-fp32" else M.select_autocast_dtype(device, "auto")
+        if args.worker == "ours-amp" and dtype is None:
+            return {**result, "skipped": "no native bf16 on this CPU (autocast would be slow): mode skipped"}
+        marks: dict[str, float] = {}
+
+        def progress(stage: str, done: int, total: int) -> None:
+            if stage == "pairs" and done == 0:
+                _sync(device)
+                marks["encoded"] = time.perf_counter()
+
+        cfg = InferenceConfig(scene_graph="complete", batch_size=args.batch_size)
+        est = estimate_memory(
+            n,
+            [(h, w)] * n,
+            "complete",
+            ModelDims.from_model(net),
+            device=device,
+            autocast_dtype=dtype,
+            batch_size=args.batch_size,
+        )
+        _sync(device)
+        t0 = time.perf_counter()
+        preds = run_inference(net, images, cfg, device=device, autocast_dtype=dtype, progress=progress)
+        _sync(device)
+        total = time.perf_counter() - t0
+        finite = all(
+            bool(torch.isfinite(t).all()) for f in (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2) for t in f
+        )
+        result.update(
+            pairs_run=len(pairs),
+            encoder_passes=encoded["images"],
+            t_encode=marks["encoded"] - t0,
+            t_total=total,
+            autocast={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+            estimate=est.bytes_peak,
+        )
+    result.update(t_decode=result["t_total"] - result["t_encode"], peak=_peak_bytes(device), finite=finite)
+    return result
+
+
+def _run_mode(mode: str, n: int, args: argparse.Namespace) -> dict:
+    cmd = [
+        sys.executable,
+        str(Path(__file__).resolve()),
+        "--worker",
+        mode,
+        "--n",
+        str(n),
+        "--device",
+        args.device,
+        "--size",
+        f"{args.size[0]}x{args.size[1]}",
+        "--batch-size",
+        str(args.batch_size),
+        "--baseline-pairs",
+        str(args.baseline_pairs or 0),
+    ]
+    if args.threads:
+        cmd += ["--threads", str(args.threads)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        return {
+            "mode": mode,
+            "n_images": n,
+            "skipped": f"failed (exit {proc.returncode}): {proc.stderr.strip()[-400:]}",
+        }
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _row(r: dict, baseline: dict | None) -> str:
+    if "skipped" in r:
+        return f"{r['mode']:<10} {r['n_images']:>3}  {r['skipped']}"
+    gb = 1024**3
+    extrap = "*" if r["pairs_run"] < r["pairs"] else " "
+    est = f"{r['estimate'] / gb:6.2f}" if r.get("estimate") else "     -"
+    speed = ""
+    if baseline and "skipped" not in baseline and r is not baseline:
+        speed = f"{baseline['t_total'] / r['t_total']:5.1f}x"
+    return (
+        f"{r['mode']:<10} {r['n_images']:>3} {r['pairs']:>5} {r['autocast']:>6} {r['encoder_passes']:>6}{extrap}"
+        f" {r['t_encode']:8.2f}{extrap} {r['t_decode']:8.2f}{extrap} {r['t_total']:8.2f}{extrap}"
+        f" {r['t_total'] / r['pairs']:7.3f}{extrap} {r['base'] / gb:7.2f} {r['peak'] / gb:7.2f} {est} {speed:>6}"
+        f"{'' if r['finite'] else '  NON-FINITE OUTPUTS'}"
+    )
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(f"size must be WxH, e.g. 512x384, got {text!r}") from e
+    if w % 16 or h % 16 or w < 16 or h < 16:
+        raise argparse.ArgumentTypeError(f"width and height must be positive multiples of 16, got {text!r}")
+    return w, h
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
+    parser.add_argument("--images", default="3,8", help="comma list of image counts (default 3,8)")
+    parser.add_argument("--size", type=_parse_size, default=(512, 384), help="WxH of the inputs (default 512x384)")
+    parser.add_argument("--batch-size", type=int, default=8, help="our batch size (default 8 = InferenceConfig's)")
+    parser.add_argument("--skip-baseline", action="store_true", help="do not run the reference-style loop")
+    parser.add_argument(
+        "--baseline-pairs",
+        type=int,
+        default=0,
+        help="run only the first K pairs of the baseline and extrapolate (0 = all pairs)",
+    )
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
+    parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    if args.worker:
+        print(json.dumps(_worker(args)))
+        return 0
+    try:
+        counts = [int(v) for v in args.images.split(",") if v.strip()]
+    except ValueError:
+        parser.error(f"--images must be a comma list of integers, got {args.images!r}")
+    if not counts or min(counts) < 2:
+        parser.error(f"--images needs counts >= 2, got {args.images!r}")
+    modes = [m for m in MODES if not (args.skip_baseline and m == "baseline")]
+    w, h = args.size
+    print(
+        f"pair inference, DUSt3R 512_dpt architecture (random weights), {w}x{h} inputs, complete graph, "
+        f"device {args.device}, our batch size {args.batch_size}"
+    )
+    print(
+        "baseline = emulation of the official demo's loop (one pair at a time, batch 1, fp32, both images "
+        "encoded for every pair)"
+    )
+    print(
+        f"{'mode':<10} {'N':>3} {'pairs':>5} {'prec':>6} {'enc#':>7} {'encode s':>9} {'dec+hd s':>9} "
+        f"{'total s':>9} {'s/pair':>8} {'base GB':>7} {'peak GB':>7} {'est GB':>6} {'speed':>6}"
+    )
+    for n in counts:
+        baseline = None
+        for mode in modes:
+            r = _run_mode(mode, n, args)
+            if mode == "baseline":
+                baseline = r
+            print(_row(r, baseline), flush=True)
+    if args.baseline_pairs:
+        print(f"* baseline extrapolated from its first {args.baseline_pairs} pairs (per-pair mean x pairs)")
+    print(
+        "enc# = images through the encoder; base = memory in use after building the model (RSS on CPU, "
+        "allocated on CUDA); peak = max RSS of the process (CPU: weights, Python and libraries included) or "
+        "max CUDA memory allocated; est = estimate_memory's peak for our run (weights + run); speed = "
+        "baseline total / this total"
+    )
+    print(f"threads: {args.threads or 'torch default'}; timings are wall-clock seconds of one run (no warm-up)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
