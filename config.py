@@ -127,6 +127,8 @@ class AlignmentConfig:
     """Iterations without relative improvement > ``early_stop_tol`` before stopping."""
     early_stop_tol: float = 1e-4
     """Relative loss improvement that counts as progress."""
+    early_stop_anneal: int = 60
+    """After a plateau, iterations over which lr decays to lr_min before stopping (early stop only)."""
 
     def __post_init__(self) -> None:
         _check(self.niter >= 0, f"niter must be >= 0, got {self.niter}")
@@ -136,6 +138,8 @@ class AlignmentConfig:
                f"known focal lengths must be > 0, got {self.known_focal}")
         _check(self.early_stop_patience >= 1,
                f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
+        _check(self.early_stop_anneal >= 1,
+               f"early_stop_anneal must be >= 1, got {self.early_stop_anneal}")
         _check(isinstance(self.mst_stale_focal, bool),
                f"mst_stale_focal must be a bool, got {self.mst_stale_focal!r}")
 

@@ -1,0 +1,79 @@
+"""The web app's named API endpoints, driven by gradio_client against a live server on loopback."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+import trimesh
+from gradio_client import Client, handle_file
+
+import gradio_ui
+import pipeline
+from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig, UIConfig
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def app_url(fixtures_dir: Path, tmp_path_factory):
+    """The app with the tiny DUSt3R model, served on a free loopback port for this module."""
+    cfg = AppConfig(
+        model=ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"), device="cpu"),
+        preprocess=PreprocessConfig(image_size=64),
+        inference=InferenceConfig(precision="fp32"),
+        alignment=AlignmentConfig(niter=15),
+        jobs=JobConfig(output_root=tmp_path_factory.mktemp("api-jobs")),
+        ui=UIConfig(port=free_port()),
+    )
+    demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
+    demo.launch(prevent_thread_lock=True, quiet=True, **gradio_ui.launch_kwargs(cfg))
+    try:
+        yield demo.local_url
+    finally:
+        demo.close()
+
+
+def test_api_lists_named_endpoints(app_url: str) -> None:
+    client = Client(app_url, verbose=False)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"/reconstruct", "/render", "/package", "/realign", "/thumbnails"} <= set(api)
+    params = {p["parameter_name"]: p for p in api["/reconstruct"]["parameters"]}
+    assert not params["files"]["parameter_has_default"]
+    for name in ("engine", "image_size", "scene_graph", "niter", "schedule", "min_conf_thr", "view_mode",
+                 "known_focal"):
+        assert params[name]["parameter_has_default"], name
+    assert params["niter"]["parameter_default"] == 15  # the server's config
+
+
+def test_reconstruct_then_render_through_the_api(app_url: str, fixtures_dir: Path) -> None:
+    client = Client(app_url, verbose=False)
+    files = [handle_file(str(p)) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
+    viewer, gallery, glb, status, model_status = client.predict(
+        files=files, engine="dust3r", niter=10, api_name="/reconstruct")
+    assert Path(viewer).suffix == ".glb" and Path(glb).suffix == ".glb"
+    scene = trimesh.load(glb)
+    assert sum(len(g.vertices) for g in scene.geometry.values()) > 500
+    assert len(gallery) == 9
+    assert "Done" in status and "3 views" in status
+    assert "loaded" in model_status
+    # the same client session keeps the scene: a display change re-exports it
+    viewer2, glb2, status2 = client.predict(view_mode="pointcloud", show_cameras=False, api_name="/render")
+    cloud = trimesh.load(glb2)
+    assert any(isinstance(g, trimesh.PointCloud) for g in cloud.geometry.values())
+    assert "display" in status2
+    zip_path = client.predict(view_mode="pointcloud", api_name="/package")
+    assert Path(zip_path).name == "reconstruction.zip" and Path(zip_path).stat().st_size > 0
+
+
+def test_api_errors_are_messages(app_url: str, tmp_path: Path) -> None:
+    client = Client(app_url, verbose=False)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
+    with pytest.raises(Exception, match="broken.png"):
+        client.predict(files=[handle_file(str(bad)), handle_file(str(bad))], api_name="/reconstruct")
