@@ -122,11 +122,11 @@ class AlignmentConfig:
     known_focal: tuple[float, ...] | None = None
     """Fixed focal length(s) in pixels of the processed image: one value, or one per image."""
     early_stop: bool = False
-    """Stop when the loss stops improving (off for reference parity)."""
+    """Stop early on a loss plateau (off by default: reference parity; see README for the figures)."""
     early_stop_patience: int = 30
-    """Iterations without relative improvement > ``early_stop_tol`` before stopping."""
-    early_stop_tol: float = 1e-4
-    """Relative loss improvement that counts as progress."""
+    """Window (iterations): the mean loss of the last window is compared with the window before."""
+    early_stop_tol: float = 1e-3
+    """Plateau when the mean loss improves by less than this relative amount per iteration."""
     early_stop_anneal: int = 60
     """After a plateau, iterations over which lr decays to lr_min before stopping (early stop only)."""
 

@@ -94,15 +94,23 @@ def _focals(text: str) -> tuple[float, ...]:
     return values
 
 
-def _model_options(p: argparse.ArgumentParser, defaults: AppConfig) -> None:
+def _model_options(p: argparse.ArgumentParser, defaults: AppConfig, *, inherit: bool = False) -> None:
+    """Model options. With ``inherit`` (sub-commands), an option left out keeps the value given before
+    the command (``main.py --device cpu reconstruct ...``) instead of being reset to its default."""
     g = p.add_argument_group("model")
-    g.add_argument("--checkpoint", default=defaults.model.checkpoint,
+    values = {
+        "checkpoint": defaults.model.checkpoint,
+        "device": defaults.model.device,
+        "image_size": defaults.preprocess.image_size,
+    }
+    dflt = {k: (argparse.SUPPRESS if inherit else v) for k, v in values.items()}
+    g.add_argument("--checkpoint", default=dflt["checkpoint"],
                    help="hub repo id, official short name, local folder, .safetensors or .pth "
-                        "(default: %(default)s)")
-    g.add_argument("--device", default=defaults.model.device, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
-    g.add_argument("--image-size", type=_image_size, default=defaults.preprocess.image_size,
+                        f"(default: {values['checkpoint']})")
+    g.add_argument("--device", default=dflt["device"], help=f"auto, cpu, cuda, cuda:N (default: {values['device']})")
+    g.add_argument("--image-size", type=_image_size, default=dflt["image_size"],
                    help="long side of the network input, a multiple of 16; 224 = square mode "
-                        "(default: %(default)s)")
+                        f"(default: {values['image_size']})")
 
 
 def _run_options(p: argparse.ArgumentParser, defaults: AppConfig, *, images: bool) -> None:
@@ -173,16 +181,17 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
     rec = sub.add_parser("reconstruct", help="images -> 3D scene, headless",
                          description="Reconstruct a scene from images (files or folders) without the web app.")
     rec.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (sorted)")
-    _model_options(rec, defaults)
+    _model_options(rec, defaults, inherit=True)
     _run_options(rec, defaults, images=True)
-    rec.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    rec.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
 
     ali = sub.add_parser("align", help="re-align saved pair predictions (no network)",
                          description="Global alignment and outputs from a pairs.npz written by --save-pairs.")
     ali.add_argument("pairs", type=Path, metavar="PAIRS_NPZ", help="pair predictions (.npz)")
-    ali.add_argument("--device", default=defaults.model.device, help="auto, cpu, cuda, cuda:N (default: %(default)s)")
+    ali.add_argument("--device", default=argparse.SUPPRESS,
+                     help=f"auto, cpu, cuda, cuda:N (default: {defaults.model.device})")
     _run_options(ali, defaults, images=False)
-    ali.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
+    ali.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
     return parser
 
 
@@ -375,6 +384,12 @@ def _configure(debug: bool, command: str | None) -> None:
         from core.inference import enable_tf32
 
         enable_tf32()
+    try:
+        import pycolmap
+    except ImportError:  # the COLMAP engine reports this itself when selected
+        return
+    if not debug and hasattr(pycolmap, "logging"):
+        pycolmap.logging.minloglevel = 2  # COLMAP's INFO/WARNING stream; errors still show
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,18 +2,18 @@
 
 Stages (each reports ``progress(stage, done, total)``):
 
-1. ``features``: every upload is written into ``job_dir/colmap/images`` in a form COLMAP reads
+1. ``features``: every upload is written into ``job_dir/colmap_work/images`` in a form COLMAP reads
    (JPEG/PNG, 8-bit RGB, EXIF orientation applied, downscaled only when its long side exceeds
    ``ColmapConfig.max_image_size``; files that already qualify are copied byte for byte so their
    EXIF focal length still seeds the intrinsics). SIFT is extracted image by image into the
-   per-job database ``job_dir/colmap/database.db``. Counts: images.
+   per-job database ``job_dir/colmap_work/database.db``. Counts: images.
 2. ``matching``: COLMAP's exhaustive or sequential matcher (``matcher="auto"``: exhaustive up
    to ``exhaustive_max_images`` images, else sequential along the order the files were given),
    with geometric verification, in one call (splitting it costs a descriptor load and index
    build per image and call). Counts: pairs, reported at start and end only.
 3. ``mapping``: global (GLOMAP-style rotation averaging + global positioning, the default) or
    incremental mapping. Counts: registered images (global mapping reports only start and end).
-   The model is written to ``job_dir/colmap/sparse/<k>`` (COLMAP binary format).
+   The model is written to ``job_dir/colmap_work/sparse/<k>`` (COLMAP binary format).
 
 Output: a :class:`core.types.Scene` with ``engine="colmap"`` holding only the registered
 images, in input order. Conventions, per view k:
@@ -86,7 +86,7 @@ STAGE_MATCHING = "matching"
 STAGE_MAPPING = "mapping"
 
 #: Sub-folder of the job folder that holds everything COLMAP reads and writes.
-COLMAP_DIR = "colmap"
+COLMAP_DIR = "colmap_work"
 #: JPEG quality of converted images (SIFT is insensitive to it at this level).
 _JPEG_QUALITY = 95
 #: Images with fewer SIFT features than this are named in the "too few registered" error.
@@ -196,7 +196,7 @@ class _PreparedImage:
     name: str
     """File name of the upload."""
     colmap_name: str
-    """File name inside ``colmap/images`` (unique, ordered like the input)."""
+    """File name inside ``colmap_work/images`` (unique, ordered like the input)."""
     original_size: tuple[int, int]
     """(W, H) of the upload after EXIF orientation."""
     colmap_size: tuple[int, int]
@@ -406,7 +406,7 @@ class ColmapEngine:
     def reconstruct(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path, progress: ProgressFn) -> Scene:
         """Image files (input order) -> Scene of the registered images (see the module docstring).
 
-        Writes ``job_dir/colmap/{images, database.db, sparse/}``. Raises ImageLoadError for
+        Writes ``job_dir/colmap_work/{images, database.db, sparse/}``. Raises ImageLoadError for
         unreadable files, ColmapError (ValueError) when fewer than two images register or COLMAP
         fails, ValueError for bad settings.
         """
@@ -555,7 +555,7 @@ class ColmapEngine:
             "n_verified_pairs": n_verified,
             "n_keypoints": {p.name: int(n_keypoints.get(p.colmap_name, 0)) for p in prepared},
             "mean_reproj_error_px": float(rec.compute_mean_reprojection_error()),
-            "reproj_error_unit": "pixels of the images COLMAP ran on (colmap/images)",
+            "reproj_error_unit": "pixels of the images COLMAP ran on (colmap_work/images)",
             "mean_track_length": float(rec.compute_mean_track_length()),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},
             "model_dir": str(model_dir),

@@ -84,7 +84,7 @@ def test_global_mapping_registers_every_view_with_accurate_cameras(capture: Capt
     assert scene.names == tuple(p.name for p in capture.paths)
     assert scene.extra["n_registered"] == N_VIEWS and scene.extra["mapper"] == "global"
     assert scene.extra["matcher"] == "exhaustive" and scene.extra["n_pairs"] == N_VIEWS * (N_VIEWS - 1) // 2
-    assert (tmp_path / "colmap" / "database.db").is_file()
+    assert (tmp_path / "colmap_work" / "database.db").is_file()
     assert scene.depths is None and scene.pts3d is None and scene.conf is None
 
     errors = _rotation_errors(scene, capture, list(range(N_VIEWS)))
