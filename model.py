@@ -28,6 +28,7 @@ import ast
 import functools
 import json
 import logging
+import math
 import pickle
 import re
 import sys
@@ -46,6 +47,7 @@ from config import OFFICIAL_CHECKPOINTS, ModelConfig
 
 __all__ = [
     "DUSt3R",
+    "OFFICIAL_CONFIGS",
     "CheckpointError",
     "CONFIG_KEYS",
     "load_model",
@@ -57,6 +59,28 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+_OFFICIAL_COMMON: dict[str, Any] = {
+    "pos_embed": "RoPE100",
+    "patch_embed_cls": "PatchEmbedDust3R",
+    "output_mode": "pts3d",
+    "depth_mode": ["exp", -math.inf, math.inf],
+    "conf_mode": ["exp", 1, math.inf],
+    "enc_embed_dim": 1024,
+    "enc_depth": 24,
+    "enc_num_heads": 16,
+    "dec_embed_dim": 768,
+    "dec_depth": 12,
+    "dec_num_heads": 12,
+    "landscape_only": False,
+    "freeze": "none",
+}
+#: config.json contents of Naver's three official checkpoints (FORMAT.md section 1), by short name.
+OFFICIAL_CONFIGS: dict[str, dict[str, Any]] = {
+    "DUSt3R_ViTLarge_BaseDecoder_512_dpt": {**_OFFICIAL_COMMON, "img_size": [512, 512], "head_type": "dpt"},
+    "DUSt3R_ViTLarge_BaseDecoder_512_linear": {**_OFFICIAL_COMMON, "img_size": [512, 512], "head_type": "linear"},
+    "DUSt3R_ViTLarge_BaseDecoder_224_linear": {**_OFFICIAL_COMMON, "img_size": [224, 224], "head_type": "linear"},
+}
 
 _INF = float("inf")
 _LN_EPS = 1e-6

@@ -39,23 +39,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONFIG_512_DPT = {
-    "conf_mode": ["exp", 1, float("inf")],
-    "dec_depth": 12,
-    "dec_embed_dim": 768,
-    "dec_num_heads": 12,
-    "depth_mode": ["exp", -float("inf"), float("inf")],
-    "enc_depth": 24,
-    "enc_embed_dim": 1024,
-    "enc_num_heads": 16,
-    "freeze": "none",
-    "head_type": "dpt",
-    "img_size": [512, 512],
-    "landscape_only": False,
-    "output_mode": "pts3d",
-    "patch_embed_cls": "PatchEmbedDust3R",
-    "pos_embed": "RoPE100",
-}
 MODES = ("baseline", "ours-fp32", "ours-amp")
 
 
@@ -66,7 +49,7 @@ def _build_model(device):
 
     torch.manual_seed(0)
     with torch.device(device):
-        net = M.DUSt3R(**CONFIG_512_DPT)
+        net = M.DUSt3R(**M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     with torch.no_grad():
         for head in (net.downstream_head1, net.downstream_head2):
             head.dpt.head[-1].weight.mul_(0.1)

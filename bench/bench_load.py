@@ -26,23 +26,6 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-CONFIG_512_DPT = {
-    "conf_mode": ["exp", 1, float("inf")],
-    "dec_depth": 12,
-    "dec_embed_dim": 768,
-    "dec_num_heads": 12,
-    "depth_mode": ["exp", -float("inf"), float("inf")],
-    "enc_depth": 24,
-    "enc_embed_dim": 1024,
-    "enc_num_heads": 16,
-    "freeze": "none",
-    "head_type": "dpt",
-    "img_size": [512, 512],
-    "landscape_only": False,
-    "output_mode": "pts3d",
-    "patch_embed_cls": "PatchEmbedDust3R",
-    "pos_embed": "RoPE100",
-}
 CONSTRUCTOR_512_DPT = (
     "AsymmetricCroCo3DStereo(pos_embed='RoPE100', patch_embed_cls='ManyAR_PatchEmbed', img_size=(512, 512), "
     "head_type='dpt', output_mode='pts3d', depth_mode=('exp', -inf, inf), conf_mode=('exp', 1, inf), "
@@ -117,14 +100,14 @@ def write_checkpoints(folder: Path, seed: int) -> dict[str, Path]:
 
     torch.manual_seed(seed)
     with torch.device("meta"):
-        net = M.DUSt3R.from_config(CONFIG_512_DPT)
+        net = M.DUSt3R.from_config(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     net = net.to_empty(device="cpu")
     with torch.no_grad():
         for p in net.parameters():
             p.normal_(0.0, 0.02)
     hub = folder / "hub_format"
     hub.mkdir()
-    (hub / "config.json").write_text(json.dumps(CONFIG_512_DPT, sort_keys=True, indent=2))  # bare Infinity
+    (hub / "config.json").write_text(json.dumps(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"], sort_keys=True, indent=2))  # bare Infinity
     save_model(net, str(hub / "model.safetensors"))  # drops alias tensors, records them in metadata
     pth = folder / "checkpoint.pth"
     torch.save({"model": net.state_dict(), "args": argparse.Namespace(model=CONSTRUCTOR_512_DPT)}, pth)
