@@ -258,7 +258,7 @@ class Dust3rEngine:
                               progress=progress)
         if cfg.jobs.save_pairs:
             progress("save", 0, 1)
-            preds.save_npz(Path(job_dir) / PAIRS_FILE, batch_size=cfg.inference.batch_size)
+            preds.save_npz(Path(job_dir) / PAIRS_FILE, batch_size=max(1, cfg.inference.batch_size))
             progress("save", 1, 1)
         progress("align", 0, cfg.alignment.niter)
         scene = align(preds, cfg.alignment, device=device, progress=progress)

@@ -93,7 +93,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     import model as M
     from config import InferenceConfig
-    from core.inference import ModelDims, estimate_memory, run_inference
+    from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference
     from core.pairs import make_pairs
     from core.types import InputImage
 
@@ -180,7 +180,7 @@ def _worker(args: argparse.Namespace) -> dict:
             ModelDims.from_model(net),
             device=device,
             autocast_dtype=dtype,
-            batch_size=args.batch_size,
+            batch_size=resolve_batch_size(args.batch_size, device),
         )
         _sync(device)
         t0 = time.perf_counter()
@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--images", default="3,8", help="comma list of image counts (default 3,8)")
     parser.add_argument("--size", type=_parse_size, default=(512, 384), help="WxH of the inputs (default 512x384)")
-    parser.add_argument("--batch-size", type=int, default=8, help="our batch size (default 8 = InferenceConfig's)")
+    parser.add_argument("--batch-size", type=int, default=0, help="our batch size (default 0 = auto: 8 on CUDA, 1 on CPU)")
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the reference-style loop")
     parser.add_argument(
         "--baseline-pairs",

@@ -432,3 +432,13 @@ def test_bad_inputs_are_clear_errors(nets):
         _run(net, [bad, bad])
     with pytest.raises(ValueError, match=r"\(1, 3, H, W\)"):
         _run(net, [_image(torch.zeros(3, 32, 32), 0)])
+
+
+def test_auto_batch_size_is_one_on_cpu_and_eight_on_cuda():
+    from core.inference import resolve_batch_size
+
+    assert resolve_batch_size(0, torch.device("cpu")) == 1
+    assert resolve_batch_size(0, torch.device("cuda")) == 8
+    assert resolve_batch_size(4, torch.device("cpu")) == 4
+    with pytest.raises(ValueError, match="batch_size"):
+        resolve_batch_size(-1, torch.device("cpu"))
