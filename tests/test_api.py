@@ -2,41 +2,20 @@
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 import pytest
 import trimesh
 from gradio_client import Client, handle_file
 
-import gradio_ui
-import pipeline
-from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig, UIConfig
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from tests.live_app import serve_tiny_app
 
 
 @pytest.fixture(scope="module")
 def app_url(fixtures_dir: Path, tmp_path_factory):
     """The app with the tiny DUSt3R model, served on a free loopback port for this module."""
-    cfg = AppConfig(
-        model=ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"), device="cpu"),
-        preprocess=PreprocessConfig(image_size=64),
-        inference=InferenceConfig(precision="fp32"),
-        alignment=AlignmentConfig(niter=15),
-        jobs=JobConfig(output_root=tmp_path_factory.mktemp("api-jobs")),
-        ui=UIConfig(port=free_port()),
-    )
-    demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
-    demo.launch(prevent_thread_lock=True, quiet=True, **gradio_ui.launch_kwargs(cfg))
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serve_tiny_app(fixtures_dir, tmp_path_factory.mktemp("api-jobs"), niter=15) as url:
+        yield url
 
 
 def test_api_lists_named_endpoints(app_url: str) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import io
 import os
 import shutil
-import socket
 import time
 from pathlib import Path
 
@@ -20,9 +19,7 @@ import pytest
 import trimesh
 from PIL import Image
 
-import gradio_ui
-import pipeline
-from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig, UIConfig
+from tests.live_app import serve_tiny_app
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -30,28 +27,10 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic"
 VIEWPORT = {"width": 1440, "height": 960}
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def app_url(fixtures_dir: Path, tmp_path_factory):
-    cfg = AppConfig(
-        model=ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"), device="cpu"),
-        preprocess=PreprocessConfig(image_size=64),
-        inference=InferenceConfig(precision="fp32"),
-        alignment=AlignmentConfig(niter=30),
-        jobs=JobConfig(output_root=tmp_path_factory.mktemp("browser-jobs")),
-        ui=UIConfig(port=_free_port()),
-    )
-    demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
-    demo.launch(prevent_thread_lock=True, quiet=True, **gradio_ui.launch_kwargs(cfg))
-    try:
-        yield demo.local_url
-    finally:
-        demo.close()
+    with serve_tiny_app(fixtures_dir, tmp_path_factory.mktemp("browser-jobs"), niter=30) as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

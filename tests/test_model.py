@@ -10,29 +10,9 @@ import pytest
 import torch
 
 import model as M
-from model import DUSt3R, load_model, resolve_device, select_autocast_dtype
+from model import OFFICIAL_CONFIGS, DUSt3R, load_model, resolve_device, select_autocast_dtype
 
 INF = float("inf")
-OFFICIAL = {
-    "DUSt3R_ViTLarge_BaseDecoder_512_dpt": {"img_size": [512, 512], "head_type": "dpt"},
-    "DUSt3R_ViTLarge_BaseDecoder_512_linear": {"img_size": [512, 512], "head_type": "linear"},
-    "DUSt3R_ViTLarge_BaseDecoder_224_linear": {"img_size": [224, 224], "head_type": "linear"},
-}
-OFFICIAL_COMMON = {
-    "pos_embed": "RoPE100",
-    "patch_embed_cls": "PatchEmbedDust3R",
-    "output_mode": "pts3d",
-    "depth_mode": ["exp", -INF, INF],
-    "conf_mode": ["exp", 1, INF],
-    "enc_embed_dim": 1024,
-    "enc_depth": 24,
-    "enc_num_heads": 16,
-    "dec_embed_dim": 768,
-    "dec_depth": 12,
-    "dec_num_heads": 12,
-    "landscape_only": False,
-    "freeze": "none",
-}
 TINY = ["tiny_linear", "tiny_dpt"]
 
 
@@ -68,14 +48,14 @@ def tiny_models(fixtures_dir: Path) -> dict[str, DUSt3R]:
 # ---- official architecture ------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", sorted(OFFICIAL))
+@pytest.mark.parametrize("variant", sorted(OFFICIAL_CONFIGS))
 def test_official_variant_keys_and_shapes_match_reference(variant: str, fixtures_dir: Path) -> None:
     expected = []
     for line in (fixtures_dir / f"keys_{variant}.txt").read_text().splitlines():
         name, shape, dtype = line.split("\t")
         expected.append((name, shape, dtype))
     with torch.device("meta"):
-        net = DUSt3R.from_config({**OFFICIAL_COMMON, **OFFICIAL[variant]})
+        net = DUSt3R.from_config(OFFICIAL_CONFIGS[variant])
     got = [(k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch.")) for k, v in net.state_dict().items()]
     assert got == expected  # names, shapes, dtypes and order
     n_unique = sum(p.numel() for p in net.parameters())
