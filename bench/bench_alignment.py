@@ -1,7 +1,7 @@
 """Global-alignment benchmark on synthetic pair predictions.
 
 Builds geometrically consistent pair predictions for N views of H x W (default 512x384, like the
-network's output for 4:3 photos): smooth depth maps, random cameras (~10 deg, 0.3 translation),
+network's output for 4:3 photos): smooth depth maps, random cameras (3-10 deg, 0.3 translation; tests/core/synthetic_pairs.py),
 focal in [0.9, 1.4] * max(H, W), one random scale per pair in [0.5, 2], 0.3% relative noise,
 confidences 1 + exp(N(1.2, 0.6)) (the recipe of tests/fixtures/synth_ga.npz). Complete
 symmetric pair graph, 'mst' init, then ``--iters`` Adam iterations with the linear schedule.
@@ -30,7 +30,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import roma
 import torch
 
@@ -39,53 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from config import AlignmentConfig  # noqa: E402
 from core import alignment as al  # noqa: E402
 from core.geometry import signed_expm1  # noqa: E402
-from core.types import PairPredictions  # noqa: E402
-
-
-def _rotation(rng: np.random.Generator, max_deg: float) -> np.ndarray:
-    axis = rng.normal(size=3)
-    axis /= np.linalg.norm(axis)
-    angle = np.deg2rad(rng.uniform(-max_deg, max_deg))
-    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
-    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
-
-
-def make_synthetic_predictions(n_views: int, h: int, w: int, seed: int = 0, noise: float = 0.003) -> PairPredictions:
-    """Consistent synthetic pair predictions for a complete symmetric graph (see module docstring)."""
-    rng = np.random.default_rng(seed)
-    v, u = np.mgrid[:h, :w].astype(np.float64)
-    cams, pts_cam = [], []
-    for _ in range(n_views):
-        pose = np.eye(4)
-        pose[:3, :3] = _rotation(rng, 10)
-        pose[:3, 3] = rng.uniform(-0.3, 0.3, size=3)
-        focal = rng.uniform(0.9, 1.4) * max(h, w)
-        a, b, c = rng.uniform(0.5, 2.0, size=3)
-        depth = 2.0 + 0.3 * np.sin(a * u / w * 2 * np.pi + c) * np.cos(b * v / h * 2 * np.pi) + 0.5 * v / h
-        x = (u - w / 2) / focal * depth
-        y = (v - h / 2) / focal * depth
-        cams.append(pose)
-        pts_cam.append(np.stack((x, y, depth), -1))
-    pairs = [(i, j) for i in range(n_views) for j in range(i)]
-    pairs += [(j, i) for i, j in pairs]
-    p1, p2, c1, c2 = [], [], [], []
-    for i, j in pairs:
-        scale = rng.uniform(0.5, 2.0)
-        i_from_j = np.linalg.inv(cams[i]) @ cams[j]
-        a = pts_cam[i] * scale
-        b = (pts_cam[j] @ i_from_j[:3, :3].T + i_from_j[:3, 3]) * scale
-        a = a * (1 + noise * rng.normal(size=a.shape))
-        b = b * (1 + noise * rng.normal(size=b.shape))
-        p1.append(torch.from_numpy(a.astype(np.float32)))
-        p2.append(torch.from_numpy(b.astype(np.float32)))
-        c1.append(torch.from_numpy((1 + np.exp(rng.normal(1.2, 0.6, size=(h, w)))).astype(np.float32)))
-        c2.append(torch.from_numpy((1 + np.exp(rng.normal(1.2, 0.6, size=(h, w)))).astype(np.float32)))
-    return PairPredictions(
-        pairs=torch.tensor(pairs, dtype=torch.int64),
-        pts3d_1=tuple(p1), conf_1=tuple(c1), pts3d_2=tuple(p2), conf_2=tuple(c2),
-        true_shapes=tuple((h, w) for _ in range(n_views)),
-    )
-
+from tests.core.synthetic_pairs import make_scene  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------
 # BASELINE: emulates the reference's structure (autograd through every per-pixel op).
@@ -193,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
           f"anneal {args.es_anneal}")
     print(f"{'views':>5} {'pairs':>5} {'method':<17} {'seconds':>8} {'iters':>5} {'final loss':>12} {'vs ours':>8}")
     for n in args.views:
-        preds = make_synthetic_predictions(n, h, w, seed=args.seed)
+        preds, _ = make_scene([(h, w)] * n, seed=args.seed)
         inp = al._prepare_inputs(preds, torch.device("cpu"))
         t0 = time.perf_counter()
         init = al._initialize(inp, cfg, None, {})
