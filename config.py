@@ -92,9 +92,17 @@ class InferenceConfig:
     """Pairs decoded together (same shapes only); 0 = auto: 8 on CUDA, 1 on CPU (measured faster there)."""
     memory_fraction: float = 0.9
     """Fraction of free device memory the run may plan to use before it refuses to start."""
+    view_cache_gb: float = 1.0
+    """Memory for the per-view part of the DPT heads (computed once per view, reused by every
+    pair the view is in; least recently used out first); 0 = recompute it for every pair."""
+    tune_cpu_allocator: bool = True
+    """On CPU (glibc), keep freed memory for reuse instead of returning it to the OS, so large
+    tensors do not pay page faults on every allocation (``core.allocator``); the process then
+    keeps its peak memory after a run."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = auto), got {self.batch_size}")
+        _check(self.view_cache_gb >= 0, f"view_cache_gb must be >= 0, got {self.view_cache_gb}")
         _check(0 < self.memory_fraction <= 1,
                f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
 

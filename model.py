@@ -375,7 +375,13 @@ class _LinearHead(nn.Module):
         self.conf_mode = conf_mode
         self.proj = nn.Linear(dec_dim, 4 * patch_size**2)
 
-    def forward(self, tokens: list[torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
+    def view_features(self, enc_tokens: torch.Tensor, shape: tuple[int, int]) -> None:
+        """No part of this head depends on the encoder tokens alone."""
+        return None
+
+    def forward(
+        self, tokens: list[torch.Tensor], shape: tuple[int, int], view_features: None = None
+    ) -> dict[str, torch.Tensor]:
         h, w = shape
         p = self.patch_size
         feat = self.proj(tokens[-1])  # (B, N, 4*p*p)
@@ -397,7 +403,7 @@ class _ResidualConvUnit(nn.Module):
         self.conv2 = nn.Conv2d(ch, ch, 3, padding=1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv2(F.relu(self.conv1(F.relu(x)))) + x
+        return self.conv2(F.relu_(self.conv1(F.relu(x)))) + x
 
 
 class _FusionBlock(nn.Module):
@@ -407,12 +413,23 @@ class _FusionBlock(nn.Module):
         self.resConfUnit1 = _ResidualConvUnit(ch)
         self.resConfUnit2 = _ResidualConvUnit(ch)
 
-    def forward(self, x: torch.Tensor, skip: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor | None = None, *, skip_features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """x (B, F, h, w) -> (B, F, 2h, 2w). The lateral input is either ``skip`` (B, F, h, w) or
+        ``skip_features`` = ``resConfUnit1(skip)`` computed earlier (not both)."""
         if skip is not None:
-            x = x + self.resConfUnit1(skip)
+            if skip_features is not None:
+                raise ValueError("pass skip or skip_features, not both")
+            skip_features = self.resConfUnit1(skip)
+        if skip_features is not None:
+            x = x + skip_features
         x = self.resConfUnit2(x)
-        x = F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
-        return self.out_conv(x)
+        # The reference upsamples, then applies the 1x1 out_conv. Both are linear and they commute
+        # (a per-pixel channel mix vs per-channel interpolation weights that sum to 1, so the bias
+        # passes through too): the same map at a quarter of the cost, to float rounding.
+        x = self.out_conv(x)
+        return F.interpolate(x, scale_factor=2, mode="bilinear", align_corners=True)
 
 
 class _Scratch(nn.Module):
@@ -442,7 +459,7 @@ class _DPT(nn.Module):
             nn.Conv2d(feature_dim, feature_dim // 2, 3, padding=1),
             _Upsample2x(),
             nn.Conv2d(feature_dim // 2, last_dim, 3, padding=1),
-            nn.ReLU(),
+            nn.ReLU(inplace=True),
             nn.Conv2d(last_dim, 4, 1),
         )
         d = layer_dims
@@ -455,18 +472,30 @@ class _DPT(nn.Module):
             ]
         )
 
-    def forward(self, layers: list[torch.Tensor], shape: tuple[int, int]) -> torch.Tensor:
-        """layers: 4 token tensors (B, N, C_i); shape (H, W). Returns (B, 4, H, W)."""
+    def _lateral(self, i: int, tok: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """Hooked tokens (B, N, C_i) -> lateral map i at the feature width (B, F, H/4..H/32, ...)."""
         gh, gw = shape[0] // self.patch_size, shape[1] // self.patch_size
-        maps = []
-        for i, tok in enumerate(layers):
-            fmap = tok.transpose(1, 2).reshape(tok.shape[0], tok.shape[2], gh, gw)  # (B, C, H/16, W/16)
-            maps.append(self.scratch.layer_rn[i](self.act_postprocess[i](fmap)))
+        fmap = tok.transpose(1, 2).reshape(tok.shape[0], tok.shape[2], gh, gw)  # (B, C_i, H/16, W/16)
+        return self.scratch.layer_rn[i](self.act_postprocess[i](fmap))
+
+    def first_features(self, tok: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+        """The part that depends on the first hooked layer only: tokens (B, N, C_0) ->
+        ``refinenet1.resConfUnit1`` of lateral map 0, (B, F, H/4, W/4)."""
+        return self.scratch.refinenet1.resConfUnit1(self._lateral(0, tok, shape))
+
+    def forward(
+        self, layers: list[torch.Tensor], shape: tuple[int, int], first: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """layers: 4 token tensors (B, N, C_i); shape (H, W); first: :meth:`first_features` of
+        layers[0] when already computed. Returns (B, 4, H, W)."""
+        if first is None:
+            first = self.first_features(layers[0], shape)
+        maps = [None] + [self._lateral(i, layers[i], shape) for i in (1, 2, 3)]
         s = self.scratch
         path = s.refinenet4(maps[3])[:, :, : maps[2].shape[2], : maps[2].shape[3]]
         path = s.refinenet3(path, maps[2])
         path = s.refinenet2(path, maps[1])
-        path = s.refinenet1(path, maps[0])
+        path = s.refinenet1(path, skip_features=first)
         return self.head(path)
 
 
@@ -478,8 +507,14 @@ class _DPTHead(nn.Module):
         self.conf_mode = conf_mode
         self.dpt = dpt
 
-    def forward(self, tokens: list[torch.Tensor], shape: tuple[int, int]) -> dict[str, torch.Tensor]:
-        raw = self.dpt([tokens[i] for i in self.hooks], shape)
+    def view_features(self, enc_tokens: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor | None:
+        """(B, F, H/4, W/4) from the view's encoder tokens alone, or None when hook 0 is not them."""
+        return self.dpt.first_features(enc_tokens, shape) if self.hooks[0] == 0 else None
+
+    def forward(
+        self, tokens: list[torch.Tensor], shape: tuple[int, int], view_features: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        raw = self.dpt([tokens[i] for i in self.hooks], shape, view_features)
         return _postprocess(raw, self.depth_mode, self.conf_mode)
 
 
@@ -734,22 +769,47 @@ class DUSt3R(nn.Module):
         out2[-1] = self.dec_norm(out2[-1])
         return out1, out2
 
-    def head(self, which: int, tokens: list[torch.Tensor], true_shape: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """Prediction head of view ``which`` (1 or 2), in float32 with autocast disabled.
-
-        tokens: the list from :meth:`decode` for that view (cast to float32 here);
-        true_shape: (H, W) of that view's images (same for the whole batch).
-        Returns {"pts3d": (B, H, W, 3) float32 in view 1's camera frame, "conf": (B, H, W) >= 1}.
-        """
+    def _head_and_shape(self, which: int, n_tokens: int, true_shape: tuple[int, int]) -> tuple[nn.Module, tuple[int, int]]:
         if which not in (1, 2):
             raise ValueError(f"which must be 1 or 2, got {which!r}")
         h, w = (int(v) for v in true_shape)
-        n = tokens[-1].shape[1]
-        if h % self.patch_size or w % self.patch_size or (h // self.patch_size) * (w // self.patch_size) != n:
-            raise ValueError(f"true_shape {true_shape} does not match {n} tokens of {self.patch_size}px patches")
-        head = self.downstream_head1 if which == 1 else self.downstream_head2
+        p = self.patch_size
+        if h % p or w % p or (h // p) * (w // p) != n_tokens:
+            raise ValueError(f"true_shape {true_shape} does not match {n_tokens} tokens of {p}px patches")
+        return (self.downstream_head1 if which == 1 else self.downstream_head2), (h, w)
+
+    def head_view_features(
+        self, which: int, enc_tokens: torch.Tensor, true_shape: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """The part of head ``which`` that depends only on the view's own encoder tokens, or None.
+
+        enc_tokens: (B, N, enc_dim) from :meth:`encode` (cast to float32 here). For the DPT head:
+        its first hooked layer is the encoder output, and that branch up to the last fusion block
+        (``refinenet1.resConfUnit1``) is the same in every pair the view is in, so it can be
+        computed once per view: (B, dpt_feature_dim, H/4, W/4) float32. The linear head: None.
+        Pass the result to :meth:`head` as ``view_features``.
+        """
+        head, shape = self._head_and_shape(which, enc_tokens.shape[1], true_shape)
+        with torch.autocast(device_type=enc_tokens.device.type, enabled=False):
+            return head.view_features(enc_tokens.float(), shape)
+
+    def head(
+        self,
+        which: int,
+        tokens: list[torch.Tensor],
+        true_shape: tuple[int, int],
+        view_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Prediction head of view ``which`` (1 or 2), in float32 with autocast disabled.
+
+        tokens: the list from :meth:`decode` for that view (cast to float32 here);
+        true_shape: (H, W) of that view's images (same for the whole batch); view_features:
+        :meth:`head_view_features` of ``tokens[0]`` when computed earlier (same numbers, less work).
+        Returns {"pts3d": (B, H, W, 3) float32 in view 1's camera frame, "conf": (B, H, W) >= 1}.
+        """
+        head, shape = self._head_and_shape(which, tokens[-1].shape[1], true_shape)
         with torch.autocast(device_type=tokens[-1].device.type, enabled=False):
-            return head([t.float() for t in tokens], (h, w))
+            return head([t.float() for t in tokens], shape, view_features)
 
     def use_fast_layout(self) -> DUSt3R:
         """Store the DPT heads' convolution weights channels-last (in place; returns self).

@@ -5,6 +5,12 @@ official config, random weights: PyTorch's default init, the heads' last convolu
 so the exp depth / confidence outputs stay finite) and runs N random images of WxH (default 3 and
 8 images of 512x384), complete scene graph, in three modes:
 
+- ``reference`` (only with ``--reference-repo PATH``): the official code itself, run from a local
+  clone of naver/dust3r (with its croco submodule checked out; nothing of it is part of this
+  project): ``AsymmetricCroCo3DStereo`` with the same config and the same random weights (our
+  state dict loads into it unchanged), then ``dust3r.inference.inference(make_pairs(...,
+  symmetrize=True), model, device, batch_size=1)`` exactly as its demo calls it. Needs ``einops``.
+  The table then also prints how far each of our modes is from the reference's outputs.
 - ``baseline``: emulation of the official demo's loop: one pair at a time, batch 1, float32,
   ``model.forward(img_i, img_j)`` for every pair (so each image is encoded 2(N-1) times),
   outputs moved to the CPU after each pair. With ``--baseline-pairs K`` only the first K pairs
@@ -23,6 +29,7 @@ decode+heads = the rest, s/pair = total / pairs.
     python3 bench/bench_inference.py --images 8 --baseline-pairs 4   # baseline extrapolated from 4 pairs
     python3 bench/bench_inference.py --device cuda --skip-baseline
     python3 bench/bench_inference.py --images 2 --size 128x96 --threads 2   # quick check
+    python3 bench/bench_inference.py --images 3 --threads 2 --reference-repo /tmp/dust3r
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ import json
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -39,7 +47,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-MODES = ("baseline", "ours-fp32", "ours-amp")
+from config import InferenceConfig  # noqa: E402
+
+MODES = ("reference", "baseline", "ours-fp32", "ours-amp")
 
 
 def _build_model(device):
@@ -92,8 +102,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
 
     import model as M
-    from config import InferenceConfig
-    from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference
+    from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference, view_cache_bytes
     from core.pairs import make_pairs
     from core.types import InputImage
 
@@ -123,6 +132,7 @@ def _worker(args: argparse.Namespace) -> dict:
         return out
 
     net.encode = counting_encode
+    outputs: dict[tuple[int, int], list] = {}  # (i, j) -> [pts3d_1, conf_1, pts3d_2, conf_2] (CPU)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     result = {
@@ -135,7 +145,19 @@ def _worker(args: argparse.Namespace) -> dict:
         "base": _current_bytes(device),
     }
     finite = True
-    if args.worker == "baseline":
+    if args.worker == "reference":
+        total, outputs = _reference_run(args.reference_repo, net, tensors, device, encoded, args.baseline_pairs)
+        finite = all(bool(torch.isfinite(o).all()) for outs in outputs.values() for o in outs)
+        scale = len(pairs) / len(outputs)
+        result.update(
+            pairs_run=len(outputs),
+            encoder_passes=round(encoded["images"] * scale),
+            t_encode=encoded["seconds"] * scale,
+            t_total=total * scale,
+            autocast="fp32",
+            estimate=None,
+        )
+    elif args.worker == "baseline":
         run = pairs[: args.baseline_pairs] if args.baseline_pairs else pairs
         net.to(memory_format=torch.contiguous_format)  # the reference's weight layout
         _sync(device)
@@ -172,7 +194,12 @@ def _worker(args: argparse.Namespace) -> dict:
                 _sync(device)
                 marks["encoded"] = time.perf_counter()
 
-        cfg = InferenceConfig(scene_graph="complete", batch_size=args.batch_size)
+        cfg = InferenceConfig(
+            scene_graph="complete",
+            batch_size=args.batch_size,
+            view_cache_gb=args.view_cache_gb,
+            tune_cpu_allocator=not args.no_allocator_tuning,
+        )
         est = estimate_memory(
             n,
             [(h, w)] * n,
@@ -181,15 +208,16 @@ def _worker(args: argparse.Namespace) -> dict:
             device=device,
             autocast_dtype=dtype,
             batch_size=resolve_batch_size(args.batch_size, device),
+            view_cache_bytes=view_cache_bytes(cfg),
         )
         _sync(device)
         t0 = time.perf_counter()
         preds = run_inference(net, images, cfg, device=device, autocast_dtype=dtype, progress=progress)
         _sync(device)
         total = time.perf_counter() - t0
-        finite = all(
-            bool(torch.isfinite(t).all()) for f in (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2) for t in f
-        )
+        fields = (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2)
+        finite = all(bool(torch.isfinite(t).all()) for f in fields for t in f)
+        outputs = {(i, j): [f[p] for f in fields] for p, (i, j) in enumerate(preds.pairs.tolist())}
         result.update(
             pairs_run=len(pairs),
             encoder_passes=encoded["images"],
@@ -199,7 +227,84 @@ def _worker(args: argparse.Namespace) -> dict:
             estimate=est.bytes_peak,
         )
     result.update(t_decode=result["t_total"] - result["t_encode"], peak=_peak_bytes(device), finite=finite)
+    if args.outputs_dir and outputs:
+        _save_outputs(Path(args.outputs_dir) / f"{args.worker}-{n}.npz", outputs)
     return result
+
+
+def _reference_run(repo: str, net, tensors: list, device, encoded: dict, limit: int) -> tuple[float, dict]:
+    """The official demo's inference call on a copy of ``net``'s weights; returns (seconds, outputs).
+
+    repo: a clone of naver/dust3r with croco checked out in ``croco/`` (imported from there at run
+    time; not part of this project). encoded: counters updated by a wrapper of its ``_encode_image``.
+    limit: run only the first ``limit`` pairs (0 = all).
+    """
+    import numpy as np
+
+    sys.path.insert(0, str(Path(repo).resolve()))
+    from dust3r.image_pairs import make_pairs as ref_make_pairs  # type: ignore[import-not-found]
+    from dust3r.inference import inference as ref_inference  # type: ignore[import-not-found]
+    from dust3r.model import AsymmetricCroCo3DStereo  # type: ignore[import-not-found]
+
+    import model as M
+
+    official = M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]  # _build_model's architecture
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in official.items()}
+    ref = AsymmetricCroCo3DStereo(**config).to(device).eval()
+    ref.load_state_dict(net.state_dict(), strict=True)
+    original = ref._encode_image
+
+    def counting(image, true_shape):
+        _sync(device)
+        t = time.perf_counter()
+        out = original(image, true_shape)
+        _sync(device)
+        encoded["images"] += int(image.shape[0])
+        encoded["seconds"] += time.perf_counter() - t
+        return out
+
+    ref._encode_image = counting
+    views = [
+        {"img": t, "true_shape": np.int32([t.shape[-2:]]), "idx": k, "instance": str(k)} for k, t in enumerate(tensors)
+    ]
+    pairs = ref_make_pairs(views, scene_graph="complete", prefilter=None, symmetrize=True)
+    pairs = pairs[:limit] if limit else pairs
+    _sync(device)
+    t0 = time.perf_counter()
+    out = ref_inference(pairs, ref, device, batch_size=1, verbose=False)
+    _sync(device)
+    total = time.perf_counter() - t0
+    pred1, pred2 = out["pred1"], out["pred2"]
+    outputs = {
+        (int(i), int(j)): [pred1["pts3d"][p], pred1["conf"][p], pred2["pts3d_in_other_view"][p], pred2["conf"][p]]
+        for p, (i, j) in enumerate(zip(out["view1"]["idx"], out["view2"]["idx"], strict=True))
+    }
+    return total, outputs
+
+
+def _save_outputs(path: Path, outputs: dict) -> None:
+    import numpy as np
+
+    arrays = {f"{i}_{j}_{k}": t.float().numpy() for (i, j), outs in outputs.items() for k, t in enumerate(outs)}
+    np.savez(path, **arrays)
+
+
+def _max_deviation(path_a: Path, path_b: Path) -> tuple[float, float] | None:
+    """Largest |a - b| / max|b| over all pairs, for the point maps and for the confidences."""
+    import numpy as np
+
+    if not (path_a.exists() and path_b.exists()):
+        return None
+    a, b = np.load(path_a), np.load(path_b)
+    if set(a.files) != set(b.files):
+        return None
+    pts = [k for k in b.files if k.endswith(("_0", "_2"))]
+    conf = [k for k in b.files if k.endswith(("_1", "_3"))]
+
+    def rel(keys):
+        return max(float(np.abs(a[k] - b[k]).max() / np.abs(b[k]).max()) for k in keys)
+
+    return rel(pts), rel(conf)
 
 
 def _run_mode(mode: str, n: int, args: argparse.Namespace) -> dict:
@@ -218,7 +323,13 @@ def _run_mode(mode: str, n: int, args: argparse.Namespace) -> dict:
         str(args.batch_size),
         "--baseline-pairs",
         str(args.baseline_pairs or 0),
+        "--view-cache-gb",
+        str(args.view_cache_gb),
     ]
+    if args.reference_repo:
+        cmd += ["--reference-repo", args.reference_repo, "--outputs-dir", args.outputs_dir]
+    if args.no_allocator_tuning:
+        cmd.append("--no-allocator-tuning")
     if args.threads:
         cmd += ["--threads", str(args.threads)]
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -274,6 +385,20 @@ def main(argv: list[str] | None = None) -> int:
         help="run only the first K pairs of the baseline and extrapolate (0 = all pairs)",
     )
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument(
+        "--view-cache-gb",
+        type=float,
+        default=InferenceConfig.view_cache_gb,
+        help=f"our per-view head cache (default {InferenceConfig.view_cache_gb}; 0 = off)",
+    )
+    parser.add_argument(
+        "--no-allocator-tuning", action="store_true", help="ours without core.allocator's CPU allocator tuning"
+    )
+    parser.add_argument(
+        "--reference-repo",
+        help="a local clone of naver/dust3r (croco checked out inside): also time the official code itself",
+    )
+    parser.add_argument("--outputs-dir", help=argparse.SUPPRESS)
     parser.add_argument("--worker", choices=MODES, help=argparse.SUPPRESS)
     parser.add_argument("--n", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -287,11 +412,25 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--images must be a comma list of integers, got {args.images!r}")
     if not counts or min(counts) < 2:
         parser.error(f"--images needs counts >= 2, got {args.images!r}")
-    modes = [m for m in MODES if not (args.skip_baseline and m == "baseline")]
+    if args.reference_repo and not (Path(args.reference_repo) / "dust3r" / "inference.py").is_file():
+        parser.error(f"--reference-repo {args.reference_repo!r} is not a clone of naver/dust3r (no dust3r/inference.py)")
+    modes = [
+        m
+        for m in MODES
+        if not (args.skip_baseline and m == "baseline") and (m != "reference" or args.reference_repo)
+    ]
+    with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
+        args.outputs_dir = tmp
+        _table(args, counts, modes)
+    return 0
+
+
+def _table(args: argparse.Namespace, counts: list[int], modes: list[str]) -> None:
     w, h = args.size
     print(
         f"pair inference, DUSt3R 512_dpt architecture (random weights), {w}x{h} inputs, complete graph, "
-        f"device {args.device}, our batch size {args.batch_size}"
+        f"device {args.device}, our batch size {args.batch_size}, view cache {args.view_cache_gb} GB, "
+        f"CPU allocator tuning {'off' if args.no_allocator_tuning else 'on'}"
     )
     print(
         "baseline = emulation of the official demo's loop (one pair at a time, batch 1, fp32, both images "
@@ -302,22 +441,26 @@ def main(argv: list[str] | None = None) -> int:
         f"{'total s':>9} {'s/pair':>8} {'base GB':>7} {'peak GB':>7} {'est GB':>6} {'speed':>6}"
     )
     for n in counts:
-        baseline = None
+        base = None  # the reference when it runs, else the baseline
         for mode in modes:
             r = _run_mode(mode, n, args)
-            if mode == "baseline":
-                baseline = r
-            print(_row(r, baseline), flush=True)
+            if mode in ("reference", "baseline") and base is None and "skipped" not in r:
+                base = r
+            print(_row(r, base), flush=True)
+        if args.reference_repo:
+            for mode in modes[1:]:
+                dev = _max_deviation(Path(args.outputs_dir) / f"{mode}-{n}.npz", Path(args.outputs_dir) / f"reference-{n}.npz")
+                if dev is not None:
+                    print(f"  {mode} vs reference outputs: max |diff| / max |ref|: pts3d {dev[0]:.2e}, conf {dev[1]:.2e}")
     if args.baseline_pairs:
-        print(f"* baseline extrapolated from its first {args.baseline_pairs} pairs (per-pair mean x pairs)")
+        print(f"* reference/baseline extrapolated from its first {args.baseline_pairs} pairs (per-pair mean x pairs)")
     print(
         "enc# = images through the encoder; base = memory in use after building the model (RSS on CPU, "
         "allocated on CUDA); peak = max RSS of the process (CPU: weights, Python and libraries included) or "
         "max CUDA memory allocated; est = estimate_memory's peak for our run (weights + run); speed = "
-        "baseline total / this total"
+        "reference (else baseline) total / this total"
     )
     print(f"threads: {args.threads or 'torch default'}; timings are wall-clock seconds of one run (no warm-up)")
-    return 0
 
 
 if __name__ == "__main__":

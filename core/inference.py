@@ -11,7 +11,10 @@ alignment consumes (:class:`core.types.PairPredictions`), giving the reference's
 2. **Decode in batches.** Pairs are grouped by (view-1 shape, view-2 shape) so landscape, portrait
    and square images mix freely; each group is decoded ``cfg.batch_size`` pairs at a time on the
    cached tokens, then both heads run (float32, autocast off inside ``model.head``). Each batch's
-   outputs move to the CPU as float32 right away.
+   outputs move to the CPU as float32 right away. The part of each DPT head that depends only on
+   the view's own encoder tokens (``model.head_view_features``: about a quarter of the head's
+   work) is computed once per view and head and reused by every pair the view is in, within
+   ``cfg.view_cache_gb`` (least recently used out first).
 3. **Precision.** The caller picks the autocast dtype (``model.select_autocast_dtype(device,
    cfg.precision)``: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, None = plain float32) and
    passes it in; this module never imports ``model.py``. Encoder and decoder run under autocast,
@@ -22,6 +25,9 @@ alignment consumes (:class:`core.types.PairPredictions`), giving the reference's
    batch shrinks (logged); if even one pair at a time does not fit, :class:`InsufficientMemoryError`
    names the estimate and the pair count and suggests ``swin``/``logwin`` or a smaller image size.
    A CUDA out-of-memory error that still happens is re-raised as the same error with the same advice.
+5. **CPU allocator.** On the CPU, ``cfg.tune_cpu_allocator`` applies
+   :func:`core.allocator.tune_cpu_allocator` (freed memory kept for reuse; no page faults on the
+   heads' large maps) before the first run.
 
 Single image: it is paired with a copy of itself, as the reference demo does
 (:func:`core.pairs.duplicate_single_image`): the result then has 2 views (the image, and the copy
@@ -36,6 +42,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +51,7 @@ from typing import Any, Protocol
 import torch
 
 from config import InferenceConfig
+from core.allocator import tune_cpu_allocator
 from core.pairs import count_pairs, duplicate_single_image, make_pairs
 from core.types import InputImage, PairPredictions, ProgressFn
 
@@ -66,6 +74,7 @@ __all__ = [
     "available_memory",
     "enable_tf32",
     "resolve_batch_size",
+    "view_cache_bytes",
 ]
 
 logger = logging.getLogger(__name__)
@@ -95,8 +104,22 @@ class PairModel(Protocol):
         """B pairs of cached tokens -> per view [encoder tokens, decoder layer 1..L]."""
         ...
 
-    def head(self, which: int, tokens: list[torch.Tensor], true_shape: tuple[int, int]) -> dict[str, torch.Tensor]:
-        """-> {"pts3d": (B, H, W, 3), "conf": (B, H, W)} float32 (autocast off inside)."""
+    def head_view_features(
+        self, which: int, enc_tokens: torch.Tensor, true_shape: tuple[int, int]
+    ) -> torch.Tensor | None:
+        """Encoder tokens (B, N, enc_dim) -> the part of head ``which`` that depends on them alone
+        (any shape, float32), or None when there is no such part."""
+        ...
+
+    def head(
+        self,
+        which: int,
+        tokens: list[torch.Tensor],
+        true_shape: tuple[int, int],
+        view_features: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """-> {"pts3d": (B, H, W, 3), "conf": (B, H, W)} float32 (autocast off inside);
+        view_features: :meth:`head_view_features` of ``tokens[0]`` (B, ...) when known."""
         ...
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
@@ -221,6 +244,8 @@ class MemoryEstimate:
     """Network weights (already resident once the model is loaded)."""
     bytes_tokens: int
     """Cached encoder tokens of all views."""
+    bytes_view_cache: int
+    """Cached per-view head features (at most the configured cap)."""
     bytes_batch: int
     """Largest transient of one encoder batch or one decoder+heads batch."""
     bytes_outputs: int
@@ -236,6 +261,7 @@ class MemoryEstimate:
         """One line: peak, its parts and the pair count."""
         parts = (
             f"weights {self.bytes_weights / _GB:.2f}, tokens {self.bytes_tokens / _GB:.2f}, "
+            f"view cache {self.bytes_view_cache / _GB:.2f}, "
             f"batch of {self.batch_size} {self.bytes_batch / _GB:.2f}, outputs {self.bytes_outputs / _GB:.2f}"
         )
         return f"{self.gb_peak:.2f} GB peak on {self.device} for {self.pairs} pairs ({parts} GB)"
@@ -301,12 +327,14 @@ def estimate_memory(
     device: torch.device | str,
     autocast_dtype: torch.dtype | None,
     batch_size: int = 1,
+    view_cache_bytes: int = 0,
 ) -> MemoryEstimate:
     """Predict the pair count and the peak memory of a run, without allocating anything.
 
     n_images: number of input images (1 is paired with a copy: 2 views); image_hw: their (H, W)
     network sizes; dims: :class:`ModelDims`; autocast_dtype: None (fp32) or bf16/fp16;
-    batch_size: pairs (and images) processed together, as in :func:`run_inference`.
+    batch_size: pairs (and images) processed together, as in :func:`run_inference`;
+    view_cache_bytes: the cap on the per-view head features (``cfg.view_cache_gb``).
 
     Formula (bytes). a = 2 under 16-bit autocast else 4, f = 4; per view T = HW / patch^2 tokens;
     E, D, L, He, Hd, r = encoder/decoder widths, decoder depth, heads, mlp ratio; pairs are grouped
@@ -315,6 +343,8 @@ def estimate_memory(
     - weights W (autocast inside ``inference_mode`` keeps no cached low-precision weight copies:
       one layer's copy at a time, measured; not counted);
     - tokens = sum over views of T * (E*a + 16) (encoder output + int64 positions);
+    - view cache = min(cap, sum over distinct views of 2 * F * 16T * f) for DPT heads (both heads'
+      features at a quarter of the resolution), 0 for linear heads;
     - encoder batch = b * T * (E*(f + a*(11 + 2r)) + He*T*a)  (one block: residual, qkv, rope,
       MLP hidden, attention scores);
     - decoder batch = kept + max(working, heads + batch outputs), with
@@ -325,7 +355,7 @@ def estimate_memory(
       full-resolution convolutions dominate: 336 floats per pixel for the official head) or
       k = 28 for the linear head, batch outputs = b*(HW1 + HW2)*4*f;
     - outputs = sum over pairs of (HW_i + HW_j)*4*f (pts3d + conf, float32, kept on the host);
-    - peak = W + tokens + max(encoder batches, decoder batches) (+ outputs on the CPU;
+    - peak = W + tokens + view cache + max(encoder batches, decoder batches) (+ outputs on the CPU;
       on CUDA they are ``bytes_host``).
 
     Calibration: the PyTorch CPU allocator's peak during ``run_inference`` (summed from the
@@ -343,6 +373,8 @@ def estimate_memory(
         raise ValueError(f"expected {n_images} image sizes, got {len(image_hw)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if view_cache_bytes < 0:
+        raise ValueError(f"view_cache_bytes must be >= 0, got {view_cache_bytes}")
     device = torch.device(device)
     hw = _check_hw(image_hw, dims.patch_size)
     n_views = max(n_images, 2)  # a single image is paired with a copy of itself
@@ -369,6 +401,10 @@ def estimate_memory(
 
     weights = dims.weight_bytes
     tokens = sum(h * w // p2 for h, w in hw) * (dims.enc_embed_dim * a + 16)
+    view_cache = 0
+    if dims.head_type == "dpt":
+        quarter_pixels = sum(16 * h * w // p2 for h, w in hw[:n_images])  # the copy shares its image's
+        view_cache = min(view_cache_bytes, 2 * dims.dpt_feature_dim * quarter_pixels * f)
     encoder = max(_encoder_batch_bytes(min(batch_size, c), s, dims, a) for s, c in view_groups.items())
     decoder = max(
         (_decoder_batch_bytes(min(batch_size, c), s1, s2, dims, a) for (s1, s2), c in pair_groups.items()), default=0
@@ -376,7 +412,7 @@ def estimate_memory(
     batch = max(encoder, decoder)
     outputs = out_pixels * 4 * f
     on_cpu = device.type == "cpu"
-    peak = int(weights + tokens + batch + (outputs if on_cpu else 0))
+    peak = int(weights + tokens + view_cache + batch + (outputs if on_cpu else 0))
     return MemoryEstimate(
         pairs=n_pairs,
         n_views=n_views,
@@ -385,6 +421,7 @@ def estimate_memory(
         bytes_peak=peak,
         bytes_weights=int(weights),
         bytes_tokens=int(tokens),
+        bytes_view_cache=int(view_cache),
         bytes_batch=int(batch),
         bytes_outputs=int(outputs),
         bytes_host=0 if on_cpu else int(outputs),
@@ -494,6 +531,11 @@ def check_memory(
             )
 
 
+def view_cache_bytes(cfg: InferenceConfig) -> int:
+    """``cfg.view_cache_gb`` in bytes."""
+    return int(cfg.view_cache_gb * _GB)
+
+
 def resolve_batch_size(batch_size: int, device: torch.device) -> int:
     """``InferenceConfig.batch_size`` -> pairs per decoder batch: 0 (auto) is 8 on CUDA and 1 on
     CPU, where one pair at a time measured ~20% faster than batches (cache-bound, bench_inference)."""
@@ -516,7 +558,14 @@ def _plan(
     batch = resolve_batch_size(cfg.batch_size, device)
     while True:
         est = estimate_memory(
-            n_images, hw, cfg.scene_graph, dims, device=device, autocast_dtype=autocast_dtype, batch_size=batch
+            n_images,
+            hw,
+            cfg.scene_graph,
+            dims,
+            device=device,
+            autocast_dtype=autocast_dtype,
+            batch_size=batch,
+            view_cache_bytes=view_cache_bytes(cfg),
         )
         try:
             check_memory(est, cfg.scene_graph, memory_fraction=cfg.memory_fraction)
@@ -608,7 +657,8 @@ def run_inference(
     model: the network on ``device`` in eval mode (:class:`PairModel`, e.g. ``model.DUSt3R``).
     images: N preprocessed views, ``tensor`` (1, 3, H, W) float32 in [-1, 1]; shapes may differ.
     cfg: scene graph, batch size (pairs decoded together; also images encoded together) and
-    memory fraction (``cfg.precision`` is resolved by the caller into ``autocast_dtype``).
+    memory fraction, view-cache size, CPU allocator tuning (``cfg.precision`` is resolved by the
+    caller into ``autocast_dtype``).
     autocast_dtype: None for float32, or torch.bfloat16 / torch.float16 for the encoder and decoder.
 
     Returns PairPredictions (CPU float32): ``pairs`` (P, 2) int64 (view-1 index, view-2 index);
@@ -637,8 +687,10 @@ def run_inference(
         autocast_dtype,
         est.describe(),
     )
+    if device.type == "cpu" and cfg.tune_cpu_allocator:
+        tune_cpu_allocator()
     try:
-        return _run(model, views, pairs, est.batch_size, device, autocast_dtype, progress)
+        return _run(model, views, pairs, est.batch_size, device, autocast_dtype, view_cache_bytes(cfg), progress)
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -646,6 +698,58 @@ def run_inference(
             f"out of memory on {device} while running {len(pairs)} pairs (estimate was {est.describe()}): "
             f"{_advice(est, cfg.scene_graph)}; or lower the batch size (now {est.batch_size})."
         ) from e
+
+
+class _ViewFeatureCache:
+    """Per-view head features (``model.head_view_features``) keyed by (head, view), least
+    recently used out first, at most ``max_bytes`` of them (0: nothing is cached and
+    :meth:`get` returns None, so the heads compute the part themselves)."""
+
+    def __init__(self, model: PairModel, tokens: Mapping[int, torch.Tensor], max_bytes: int) -> None:
+        self.model = model
+        self.tokens = tokens  # view -> encoder tokens (N, E)
+        self.max_bytes = max_bytes
+        self.entries: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
+        self.bytes = 0
+        self.computed = 0
+        self.reused = 0
+        self.no_features: set[int] = set()  # heads with no per-view part
+
+    def get(self, which: int, views: Sequence[int], shape: tuple[int, int]) -> torch.Tensor | None:
+        """Features of head ``which`` for ``views`` (one per pair of the batch, repeats allowed;
+        all of size ``shape``) stacked (B, ...), the missing ones computed in one batch."""
+        if self.max_bytes <= 0 or which in self.no_features:
+            return None
+        missing = [k for k in dict.fromkeys(views) if (which, k) not in self.entries]
+        fresh: dict[int, torch.Tensor] = {}
+        if missing:
+            feats = self.model.head_view_features(which, torch.stack([self.tokens[k] for k in missing]), shape)
+            if feats is None:
+                self.no_features.add(which)
+                return None
+            fresh = {k: f.clone() for k, f in zip(missing, feats.unbind(0), strict=True)}
+            self.computed += len(fresh)
+        batch = torch.stack([fresh[k] if k in fresh else self.entries[(which, k)] for k in views])
+        self.reused += len(views) - len(fresh)
+        for k in dict.fromkeys(views):
+            if k in fresh:
+                self._put((which, k), fresh[k])
+            else:
+                self.entries.move_to_end((which, k))
+        return batch
+
+    def _put(self, key: tuple[int, int], value: torch.Tensor) -> None:
+        size = value.numel() * value.element_size()
+        if size > self.max_bytes:
+            return
+        while self.bytes + size > self.max_bytes:
+            _, old = self.entries.popitem(last=False)
+            self.bytes -= old.numel() * old.element_size()
+        self.entries[key] = value
+        self.bytes += size
+
+    def describe(self) -> str:
+        return f"{self.computed} computed, {self.reused} reused, {self.bytes / _GB:.2f} GB"
 
 
 @torch.inference_mode()
@@ -656,6 +760,7 @@ def _run(
     batch_size: int,
     device: torch.device,
     autocast_dtype: torch.dtype | None,
+    cache_bytes: int,
     progress: ProgressFn | None,
 ) -> PairPredictions:
     n, n_pairs = len(views), len(pairs)
@@ -688,6 +793,7 @@ def _run(
     for p, (i, j) in enumerate(pairs):
         groups.setdefault((views[i].true_shape, views[j].true_shape), []).append(p)
     out: dict[str, list[torch.Tensor | None]] = {k: [None] * n_pairs for k in ("p1", "c1", "p2", "c2")}
+    view_features = _ViewFeatureCache(model, {k: tok for k, (tok, _) in cache.items()}, cache_bytes)
     done = 0
     for (shape1, shape2), members in groups.items():
         for chunk in _chunks(members, batch_size):
@@ -697,9 +803,11 @@ def _run(
             pos2 = torch.stack([cache[source[pairs[p][1]]][1] for p in chunk])
             with _autocast(device, autocast_dtype):
                 dec1, dec2 = model.decode(f1, pos1, f2, pos2)
-            res1 = _to_host(model.head(1, dec1, shape1))
+            views1 = [source[pairs[p][0]] for p in chunk]
+            views2 = [source[pairs[p][1]] for p in chunk]
+            res1 = _to_host(model.head(1, dec1, shape1, view_features.get(1, views1, shape1)))
             del dec1
-            res2 = _to_host(model.head(2, dec2, shape2))
+            res2 = _to_host(model.head(2, dec2, shape2, view_features.get(2, views2, shape2)))
             del dec2
             for b, p in enumerate(chunk):
                 out["p1"][p], out["c1"][p] = res1["pts3d"][b], res1["conf"][b]
@@ -708,12 +816,13 @@ def _run(
             report("pairs", done, n_pairs)
     t2 = time.perf_counter()
     logger.info(
-        "encoded %d distinct images in %.2f s; %d pairs decoded in %.2f s (%.3f s/pair)",
+        "encoded %d distinct images in %.2f s; %d pairs decoded in %.2f s (%.3f s/pair); view cache: %s",
         len(set(source)),
         t1 - t0,
         n_pairs,
         t2 - t1,
         (t2 - t1) / max(n_pairs, 1),
+        view_features.describe(),
     )
     return PairPredictions(
         pairs=torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2),

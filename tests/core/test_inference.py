@@ -287,6 +287,64 @@ def test_enable_tf32_sets_the_cuda_matmul_switch():
         matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
 
 
+# ---------------------------------------------------------------------------- per-view head cache
+
+
+def _count_view_features(monkeypatch, net) -> list[tuple[int, int]]:
+    """Wrap net.head_view_features; returns (head, batch size) per call."""
+    calls: list[tuple[int, int]] = []
+    original = net.head_view_features
+
+    def wrapper(which, enc_tokens, true_shape):
+        calls.append((which, int(enc_tokens.shape[0])))
+        return original(which, enc_tokens, true_shape)
+
+    monkeypatch.setattr(net, "head_view_features", wrapper)
+    return calls
+
+
+@pytest.mark.parametrize("batch_size", [1, 8])
+def test_dpt_view_features_are_computed_once_per_view_and_head(nets, fixtures_dir, monkeypatch, batch_size):
+    net = nets["tiny_dpt"]
+    images = _fixture_images(_reference(fixtures_dir, "tiny_dpt"))
+    calls = _count_view_features(monkeypatch, net)
+    cached = _run(net, images, batch_size=batch_size)
+    # 3 views x 2 heads, each once, although every view is in 2 pairs per head
+    assert sorted(w for w, b in calls for _ in range(b)) == [1, 1, 1, 2, 2, 2]
+    calls.clear()
+    uncached = _run(net, images, batch_size=batch_size, view_cache_gb=0)
+    assert calls == []
+    for field in OUTPUT_KEYS:
+        for got, want in zip(getattr(cached, field), getattr(uncached, field), strict=True):
+            torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_view_cache_smaller_than_the_views_evicts_and_stays_exact(nets, fixtures_dir, monkeypatch):
+    net = nets["tiny_dpt"]
+    ref = _reference(fixtures_dir, "tiny_dpt")
+    calls = _count_view_features(monkeypatch, net)
+    one_entry = 16 * 16 * 12 * 4  # F=16 channels at a quarter of 64x48 (16x12), float32
+    preds = _run(net, _fixture_images(ref), view_cache_gb=2.5 * one_entry / 1024**3)
+    # room for 2 of the 6 (head, view) entries: evictions force recomputation (more than 6 calls),
+    # consecutive pairs sharing a view still reuse it (fewer than 12, one per head per pair)
+    assert 6 < len(calls) < 12
+    for p in range(len(preds.pairs)):
+        for field, suffix in OUTPUT_KEYS.items():
+            assert _max_rel(getattr(preds, field)[p], ref[f"pair{p}_{suffix}"]) < 1e-4
+
+
+def test_linear_head_has_no_view_features(nets, fixtures_dir, monkeypatch):
+    net = nets["tiny_linear"]
+    calls = _count_view_features(monkeypatch, net)
+    _run(net, _fixture_images(_reference(fixtures_dir, "tiny_linear")))
+    assert sorted(which for which, _ in calls) == [1, 2]  # each head asked once, answered None, never again
+
+
+def test_view_cache_size_is_validated():
+    with pytest.raises(ValueError, match="view_cache_gb"):
+        InferenceConfig(view_cache_gb=-1)
+
+
 # ---------------------------------------------------------------------------- memory guard
 
 
@@ -298,7 +356,17 @@ def test_memory_estimate_counts_pairs_and_outputs():
     assert est.bytes_outputs == 56 * 2 * 384 * 512 * 4 * 4
     assert est.bytes_weights == 571_171_208 * 4
     assert est.bytes_tokens == 8 * 768 * (1024 * 4 + 16)
+    assert est.bytes_view_cache == 0  # no cap given
     assert est.bytes_peak == est.bytes_weights + est.bytes_tokens + est.bytes_batch + est.bytes_outputs
+    cached = estimate_memory(
+        8, hw, "complete", dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=1024**3
+    )
+    assert cached.bytes_view_cache == 8 * 2 * 256 * 96 * 128 * 4  # both heads, F=256 at a quarter of 512x384
+    assert cached.bytes_peak == est.bytes_peak + cached.bytes_view_cache
+    capped = estimate_memory(
+        8, hw, "complete", dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=10**8
+    )
+    assert capped.bytes_view_cache == 10**8
     # official DPT head at full resolution: 336 floats per pixel per view -> ~1 GB per 512x384 pair
     assert 8 * 384 * 512 * 4 * 336 < est.bytes_batch < 3 * 8 * 384 * 512 * 4 * 336
     swin = estimate_memory(8, hw, "swin-2", dims, device="cpu", autocast_dtype=None, batch_size=8)
