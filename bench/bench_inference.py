@@ -148,15 +148,7 @@ def _worker(args: argparse.Namespace) -> dict:
     if args.worker == "reference":
         total, outputs = _reference_run(args.reference_repo, net, tensors, device, encoded, args.baseline_pairs)
         finite = all(bool(torch.isfinite(o).all()) for outs in outputs.values() for o in outs)
-        scale = len(pairs) / len(outputs)
-        result.update(
-            pairs_run=len(outputs),
-            encoder_passes=round(encoded["images"] * scale),
-            t_encode=encoded["seconds"] * scale,
-            t_total=total * scale,
-            autocast="fp32",
-            estimate=None,
-        )
+        result.update(_extrapolated(encoded, total, len(outputs), len(pairs)))
     elif args.worker == "baseline":
         run = pairs[: args.baseline_pairs] if args.baseline_pairs else pairs
         net.to(memory_format=torch.contiguous_format)  # the reference's weight layout
@@ -174,15 +166,7 @@ def _worker(args: argparse.Namespace) -> dict:
                 finite = finite and all(bool(torch.isfinite(o).all()) for o in outs)
         _sync(device)
         total = time.perf_counter() - t0
-        scale = len(pairs) / len(run)
-        result.update(
-            pairs_run=len(run),
-            encoder_passes=round(encoded["images"] * scale),
-            t_encode=encoded["seconds"] * scale,
-            t_total=total * scale,
-            autocast="fp32",
-            estimate=None,
-        )
+        result.update(_extrapolated(encoded, total, len(run), len(pairs)))
     else:
         dtype = None if args.worker == "ours-fp32" else M.select_autocast_dtype(device, "auto")
         if args.worker == "ours-amp" and dtype is None:
@@ -230,6 +214,19 @@ def _worker(args: argparse.Namespace) -> dict:
     if args.outputs_dir and outputs:
         _save_outputs(Path(args.outputs_dir) / f"{args.worker}-{n}.npz", outputs)
     return result
+
+
+def _extrapolated(encoded: dict, seconds: float, pairs_run: int, pairs: int) -> dict:
+    """Figures of a float32 loop that ran ``pairs_run`` of ``pairs`` pairs, scaled to all of them."""
+    scale = pairs / pairs_run
+    return {
+        "pairs_run": pairs_run,
+        "encoder_passes": round(encoded["images"] * scale),
+        "t_encode": encoded["seconds"] * scale,
+        "t_total": seconds * scale,
+        "autocast": "fp32",
+        "estimate": None,
+    }
 
 
 def _reference_run(repo: str, net, tensors: list, device, encoded: dict, limit: int) -> tuple[float, dict]:

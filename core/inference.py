@@ -12,7 +12,7 @@ alignment consumes (:class:`core.types.PairPredictions`), giving the reference's
    and square images mix freely; each group is decoded ``cfg.batch_size`` pairs at a time on the
    cached tokens, then both heads run (float32, autocast off inside ``model.head``). Each batch's
    outputs move to the CPU as float32 right away. The part of each DPT head that depends only on
-   the view's own encoder tokens (``model.head_view_features``: about a quarter of the head's
+   the view's own encoder tokens (``model.head_view_features``: about a sixth of the head's
    work) is computed once per view and head and reused by every pair the view is in, within
    ``cfg.view_cache_gb`` (least recently used out first).
 3. **Precision.** The caller picks the autocast dtype (``model.select_autocast_dtype(device,
