@@ -373,7 +373,9 @@ def _exit_code(exc: BaseException) -> int:
     return EXIT_FAILED
 
 
-def _configure(debug: bool, command: str | None) -> None:
+def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -> None:
+    """Logging, TF32 on CUDA, COLMAP's log level; on a CPU-only machine with ``tune_allocator``
+    the CPU allocator tuning, now, before the web app's threads start (so they share its heap)."""
     level = logging.DEBUG if debug else (logging.INFO if command is None else logging.WARNING)
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
     for noisy in ("httpx", "httpcore", "urllib3", "matplotlib", "PIL"):  # request-by-request chatter
@@ -384,6 +386,10 @@ def _configure(debug: bool, command: str | None) -> None:
         from core.inference import enable_tf32
 
         enable_tf32()
+    elif tune_allocator:
+        from core import allocator
+
+        allocator.tune_cpu_allocator()
     try:
         import pycolmap
     except ImportError:  # the COLMAP engine reports this itself when selected
@@ -407,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg = _config_from_args(args, AppConfig())
         except ValueError as e:
             raise UsageError(str(e)) from e
-        _configure(debug, args.command)
+        _configure(debug, args.command, cfg.inference.tune_cpu_allocator)
         if args.command == "reconstruct":
             return _cmd_reconstruct(args, cfg)
         if args.command == "align":

@@ -181,3 +181,16 @@ def test_colmap_engine_from_the_cli(tmp_path: Path) -> None:
     glb = trimesh.load(out / "scene.glb")
     assert any(isinstance(g, trimesh.PointCloud) for g in glb.geometry.values())
     assert (out / "pointcloud.ply").is_file() and (out / "cameras.json").is_file()
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_startup_tunes_the_cpu_allocator_before_any_thread(monkeypatch, enabled: bool) -> None:
+    import torch
+
+    from core import allocator
+
+    calls: list[int] = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    cli._configure(False, "reconstruct", enabled)
+    assert calls == ([1] if enabled else [])
