@@ -797,14 +797,14 @@ def _run(
     done = 0
     for (shape1, shape2), members in groups.items():
         for chunk in _chunks(members, batch_size):
-            f1 = torch.stack([cache[source[pairs[p][0]]][0] for p in chunk])  # (B, N1, E)
-            pos1 = torch.stack([cache[source[pairs[p][0]]][1] for p in chunk])
-            f2 = torch.stack([cache[source[pairs[p][1]]][0] for p in chunk])  # (B, N2, E)
-            pos2 = torch.stack([cache[source[pairs[p][1]]][1] for p in chunk])
+            views1 = [source[pairs[p][0]] for p in chunk]  # encoded view of each pair's view 1
+            views2 = [source[pairs[p][1]] for p in chunk]
+            f1 = torch.stack([cache[k][0] for k in views1])  # (B, N1, E)
+            pos1 = torch.stack([cache[k][1] for k in views1])
+            f2 = torch.stack([cache[k][0] for k in views2])  # (B, N2, E)
+            pos2 = torch.stack([cache[k][1] for k in views2])
             with _autocast(device, autocast_dtype):
                 dec1, dec2 = model.decode(f1, pos1, f2, pos2)
-            views1 = [source[pairs[p][0]] for p in chunk]
-            views2 = [source[pairs[p][1]] for p in chunk]
             res1 = _to_host(model.head(1, dec1, shape1, view_features.get(1, views1, shape1)))
             del dec1
             res2 = _to_host(model.head(2, dec2, shape2, view_features.get(2, views2, shape2)))

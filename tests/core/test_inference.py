@@ -387,15 +387,7 @@ def test_estimate_from_model_reads_the_architecture(nets):
     assert (dims.dpt_feature_dim, dims.dpt_last_dim) == (16, 16)
     assert dims.weight_bytes == sum(p.numel() * 4 for p in nets["tiny_dpt"].parameters())
     with torch.device("meta"):
-        official = M.DUSt3R(
-            head_type="dpt",
-            enc_embed_dim=1024,
-            enc_depth=24,
-            enc_num_heads=16,
-            dec_embed_dim=768,
-            dec_depth=12,
-            dec_num_heads=12,
-        )
+        official = M.DUSt3R(**M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     assert ModelDims.from_model(official) == ModelDims()
 
 
