@@ -72,10 +72,14 @@ class PreprocessConfig:
     """Smallest accepted width/height of an upload (pixels, after EXIF): one 16-pixel patch."""
 
     def __post_init__(self) -> None:
-        _check(self.image_size >= 16 and self.image_size % 16 == 0,
-               f"image_size must be a positive multiple of 16, got {self.image_size}")
-        _check(self.contrast > 0 and self.sharpness > 0,
-               f"contrast and sharpness must be > 0, got {self.contrast}, {self.sharpness}")
+        _check(
+            self.image_size >= 16 and self.image_size % 16 == 0,
+            f"image_size must be a positive multiple of 16, got {self.image_size}",
+        )
+        _check(
+            self.contrast > 0 and self.sharpness > 0,
+            f"contrast and sharpness must be > 0, got {self.contrast}, {self.sharpness}",
+        )
         _check(self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels}")
         _check(self.min_side >= 1, f"min_side must be >= 1, got {self.min_side}")
 
@@ -103,8 +107,7 @@ class InferenceConfig:
     def __post_init__(self) -> None:
         _check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = auto), got {self.batch_size}")
         _check(self.view_cache_gb >= 0, f"view_cache_gb must be >= 0, got {self.view_cache_gb}")
-        _check(0 < self.memory_fraction <= 1,
-               f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+        _check(0 < self.memory_fraction <= 1, f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
 
 
 @dataclass(frozen=True)
@@ -142,14 +145,13 @@ class AlignmentConfig:
         _check(self.niter >= 0, f"niter must be >= 0, got {self.niter}")
         _check(self.lr > 0 and self.lr_min >= 0, f"lr must be > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
         _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
-        _check(self.known_focal is None or all(f > 0 for f in self.known_focal),
-               f"known focal lengths must be > 0, got {self.known_focal}")
-        _check(self.early_stop_patience >= 1,
-               f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
-        _check(self.early_stop_anneal >= 1,
-               f"early_stop_anneal must be >= 1, got {self.early_stop_anneal}")
-        _check(isinstance(self.mst_stale_focal, bool),
-               f"mst_stale_focal must be a bool, got {self.mst_stale_focal!r}")
+        _check(
+            self.known_focal is None or all(f > 0 for f in self.known_focal),
+            f"known focal lengths must be > 0, got {self.known_focal}",
+        )
+        _check(self.early_stop_patience >= 1, f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
+        _check(self.early_stop_anneal >= 1, f"early_stop_anneal must be >= 1, got {self.early_stop_anneal}")
+        _check(isinstance(self.mst_stale_focal, bool), f"mst_stale_focal must be a bool, got {self.mst_stale_focal!r}")
 
 
 @dataclass(frozen=True)
@@ -239,8 +241,7 @@ class ColmapConfig:
     """Long side of the images stored in the scene (intrinsics refer to these images)."""
 
     def __post_init__(self) -> None:
-        _check(self.exhaustive_max_images >= 2,
-               f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
+        _check(self.exhaustive_max_images >= 2, f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
         _check(self.max_image_size >= 0, f"max_image_size must be >= 0, got {self.max_image_size}")
         _check(self.sequential_overlap >= 1, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
         _check(self.max_num_features >= 100, f"max_num_features must be >= 100, got {self.max_num_features}")
@@ -266,8 +267,10 @@ class JobConfig:
     def __post_init__(self) -> None:
         _check(self.max_age_hours > 0, f"max_age_hours must be > 0, got {self.max_age_hours}")
         _check(self.max_total_mb > 0, f"max_total_mb must be > 0, got {self.max_total_mb}")
-        _check(isinstance(self.save_pairs, bool) and isinstance(self.keep_session_jobs, bool),
-               f"save_pairs and keep_session_jobs must be bools, got {self.save_pairs!r}, {self.keep_session_jobs!r}")
+        _check(
+            isinstance(self.save_pairs, bool) and isinstance(self.keep_session_jobs, bool),
+            f"save_pairs and keep_session_jobs must be bools, got {self.save_pairs!r}, {self.keep_session_jobs!r}",
+        )
 
 
 @dataclass(frozen=True)

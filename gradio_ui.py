@@ -42,8 +42,15 @@ from core.pairs import format_scene_graph
 from core.preprocessing import IMAGE_EXTENSIONS, heif_available
 from pipeline import Pipeline, Result, stage_label
 
-__all__ = ["build_demo", "launch_kwargs", "SessionJobs", "UIHandlers", "settings_to_config", "display_config",
-           "ASSETS_DIR"]
+__all__ = [
+    "build_demo",
+    "launch_kwargs",
+    "SessionJobs",
+    "UIHandlers",
+    "settings_to_config",
+    "display_config",
+    "ASSETS_DIR",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -53,20 +60,49 @@ _USER_ERRORS = (ValueError, OSError, InsufficientMemoryError)
 _ZIP_LABEL = "Download all (zip)"
 _ZIP_BUSY = "Preparing zip…"
 
-ENGINE_CHOICES = [("DUSt3R · neural, works from 2 photos", "dust3r"),
-                  ("COLMAP · classical SfM, no weights needed", "colmap")]
-GRAPH_CHOICES = [("complete · every pair (best, N² pairs)", "complete"),
-                 ("sliding window · neighbours in order", "swin"),
-                 ("log window · neighbours at 1, 2, 4, ...", "logwin"),
-                 ("one reference · all pairs with one image", "oneref")]
+ENGINE_CHOICES = [
+    ("DUSt3R · neural, works from 2 photos", "dust3r"),
+    ("COLMAP · classical SfM, no weights needed", "colmap"),
+]
+GRAPH_CHOICES = [
+    ("complete · every pair (best, N² pairs)", "complete"),
+    ("sliding window · neighbours in order", "swin"),
+    ("log window · neighbours at 1, 2, 4, ...", "logwin"),
+    ("one reference · all pairs with one image", "oneref"),
+]
 IMAGE_SIZES = (512, 384, 320, 224)
 
 #: Display settings (re-export only): parameter name -> default taken from the config.
-DISPLAY_KEYS = ("min_conf_thr", "view_mode", "clean_depth", "outlier_removal", "largest_component", "mask_sky",
-                "cam_size", "show_cameras", "cam_transparent", "cam_image")
+DISPLAY_KEYS = (
+    "min_conf_thr",
+    "view_mode",
+    "clean_depth",
+    "outlier_removal",
+    "largest_component",
+    "mask_sky",
+    "cam_size",
+    "show_cameras",
+    "cam_transparent",
+    "cam_image",
+)
 #: Run settings: what changes the reconstruction itself.
-RUN_KEYS = ("engine", "image_size", "enhance", "scene_graph", "window_size", "cyclic", "ref_image", "niter",
-            "schedule", "lr", "known_focal", "shared_focal", "early_stop", "matcher", "mapper")
+RUN_KEYS = (
+    "engine",
+    "image_size",
+    "enhance",
+    "scene_graph",
+    "window_size",
+    "cyclic",
+    "ref_image",
+    "niter",
+    "schedule",
+    "lr",
+    "known_focal",
+    "shared_focal",
+    "early_stop",
+    "matcher",
+    "mapper",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -81,7 +117,9 @@ def _parse_focals(text: str | None) -> tuple[float, ...] | None:
     try:
         values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
     except ValueError as e:
-        raise ValueError(f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}") from e
+        raise ValueError(
+            f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}"
+        ) from e
     return values or None
 
 
@@ -96,16 +134,27 @@ def display_config(base: AppConfig, settings: Mapping[str, Any]) -> tuple[Postpr
     r = dataclasses.replace
     s = {k: settings[k] for k in DISPLAY_KEYS if k in settings and settings[k] is not None}
     post = base.postprocess
-    post = r(post, **{k: (float(s[k]) if k == "min_conf_thr" else bool(s[k]))
-                      for k in ("min_conf_thr", "clean_depth", "outlier_removal", "largest_component", "mask_sky")
-                      if k in s})
+    post = r(
+        post,
+        **{
+            k: (float(s[k]) if k == "min_conf_thr" else bool(s[k]))
+            for k in ("min_conf_thr", "clean_depth", "outlier_removal", "largest_component", "mask_sky")
+            if k in s
+        },
+    )
     viz = base.viz
     if "view_mode" in s:
         if s["view_mode"] not in ("mesh", "pointcloud"):
             raise ValueError(f"view_mode must be 'mesh' or 'pointcloud', got {s['view_mode']!r}")
         viz = r(viz, as_pointcloud=s["view_mode"] == "pointcloud")
-    viz = r(viz, **{k: (float(s[k]) if k == "cam_size" else bool(s[k]))
-                    for k in ("cam_size", "show_cameras", "cam_transparent", "cam_image") if k in s})
+    viz = r(
+        viz,
+        **{
+            k: (float(s[k]) if k == "cam_size" else bool(s[k]))
+            for k in ("cam_size", "show_cameras", "cam_transparent", "cam_image")
+            if k in s
+        },
+    )
     return post, viz
 
 
@@ -119,28 +168,44 @@ def settings_to_config(base: AppConfig, settings: Mapping[str, Any]) -> tuple[st
     engine = str(s.get("engine", "dust3r"))
     cfg = base
     if "image_size" in s or "enhance" in s:
-        cfg = r(cfg, preprocess=r(cfg.preprocess, image_size=int(s.get("image_size", cfg.preprocess.image_size)),
-                                  enhance=bool(s.get("enhance", cfg.preprocess.enhance))))
+        cfg = r(
+            cfg,
+            preprocess=r(
+                cfg.preprocess,
+                image_size=int(s.get("image_size", cfg.preprocess.image_size)),
+                enhance=bool(s.get("enhance", cfg.preprocess.enhance)),
+            ),
+        )
     if "scene_graph" in s:
-        graph = _scene_graph(str(s["scene_graph"]), s.get("window_size", 3), bool(s.get("cyclic", True)),
-                             s.get("ref_image", 0))
+        graph = _scene_graph(
+            str(s["scene_graph"]), s.get("window_size", 3), bool(s.get("cyclic", True)), s.get("ref_image", 0)
+        )
         cfg = r(cfg, inference=r(cfg.inference, scene_graph=graph))
     a = cfg.alignment
-    cfg = r(cfg, alignment=r(
-        a,
-        niter=int(s.get("niter", a.niter)),
-        schedule=str(s.get("schedule", a.schedule)),
-        lr=float(s.get("lr", a.lr)),
-        min_conf_thr=float(s.get("min_conf_thr", a.min_conf_thr)),
-        known_focal=_parse_focals(s.get("known_focal")) if "known_focal" in s else a.known_focal,
-        shared_focal=bool(s.get("shared_focal", a.shared_focal)),
-        early_stop=bool(s.get("early_stop", a.early_stop)),
-    ))
+    cfg = r(
+        cfg,
+        alignment=r(
+            a,
+            niter=int(s.get("niter", a.niter)),
+            schedule=str(s.get("schedule", a.schedule)),
+            lr=float(s.get("lr", a.lr)),
+            min_conf_thr=float(s.get("min_conf_thr", a.min_conf_thr)),
+            known_focal=_parse_focals(s.get("known_focal")) if "known_focal" in s else a.known_focal,
+            shared_focal=bool(s.get("shared_focal", a.shared_focal)),
+            early_stop=bool(s.get("early_stop", a.early_stop)),
+        ),
+    )
     if cfg.alignment.schedule not in ("linear", "cosine"):
         raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.alignment.schedule!r}")
     if "matcher" in s or "mapper" in s:
-        cfg = r(cfg, colmap=r(cfg.colmap, matcher=str(s.get("matcher", cfg.colmap.matcher)),
-                              mapper=str(s.get("mapper", cfg.colmap.mapper))))
+        cfg = r(
+            cfg,
+            colmap=r(
+                cfg.colmap,
+                matcher=str(s.get("matcher", cfg.colmap.matcher)),
+                mapper=str(s.get("mapper", cfg.colmap.mapper)),
+            ),
+        )
     post, viz = display_config(cfg, s)
     return engine, r(cfg, postprocess=post, viz=viz)
 
@@ -240,11 +305,14 @@ class UIHandlers:
             status = self.pipeline.model_status()
             ckpt = Path(self.cfg.model.checkpoint).name or self.cfg.model.checkpoint
             if status is not None:
-                lines.append(f"<span class='dot ok'></span>DUSt3R network loaded on {status.device} "
-                             f"({_fmt_seconds(status.load_seconds)})")
+                lines.append(
+                    f"<span class='dot ok'></span>DUSt3R network loaded on {status.device} "
+                    f"({_fmt_seconds(status.load_seconds)})"
+                )
             elif avail["dust3r"] is None:
-                lines.append(f"<span class='dot idle'></span>DUSt3R weights ready ({ckpt}); "
-                             f"the network loads on the first run")
+                lines.append(
+                    f"<span class='dot idle'></span>DUSt3R weights ready ({ckpt}); the network loads on the first run"
+                )
             else:
                 lines.append("<span class='dot off'></span>DUSt3R weights not available (see the note above)")
         if "colmap" in avail:
@@ -274,8 +342,9 @@ class UIHandlers:
         except (ValueError, TypeError) as e:
             raise gr.Error(f"Invalid setting: {e}", print_exception=False) from e
         if engine not in self.pipeline.engines:
-            raise gr.Error(f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.",
-                           print_exception=False)
+            raise gr.Error(
+                f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.", print_exception=False
+            )
         return engine, cfg
 
     def _progress_fn(self, progress: Callable | None) -> Callable[[str, int, int], None]:
@@ -284,6 +353,7 @@ class UIHandlers:
                 return
             label = stage_label(stage, done, total)
             progress((done, total) if total > 0 else None, desc=label)
+
         return report
 
     def _outputs(self, result: Result):
@@ -313,35 +383,49 @@ class UIHandlers:
         """Run button / ``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
         paths = _file_paths(files)
         if not paths:
-            raise gr.Error("Upload one or more photos first (drag them onto the upload area).",
-                           title="No images", print_exception=False)
+            raise gr.Error(
+                "Upload one or more photos first (drag them onto the upload area).",
+                title="No images",
+                print_exception=False,
+            )
         if len(paths) > self.cfg.ui.max_images:
-            raise gr.Error(f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
-                           title="Too many images", print_exception=False)
+            raise gr.Error(
+                f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
+                title="Too many images",
+                print_exception=False,
+            )
         engine, cfg = self._settings(settings)
         session = getattr(request, "session_hash", None) or "anonymous"
         job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
         self.sessions.add(session, job.id)
         try:
-            result = self.pipeline.reconstruct(paths, cfg, engine=engine, job=job,
-                                               progress=self._progress_fn(progress))
+            result = self.pipeline.reconstruct(paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress))
             return self._outputs(result)
         except _USER_ERRORS as e:
             raise self._fail(e, "Reconstruction", job.dir) from e
 
-    def realign(self, result: Result | None, request: gr.Request, progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio idiom)
-                **settings: Any):
+    def realign(
+        self,
+        result: Result | None,
+        request: gr.Request,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio idiom)
+        **settings: Any,
+    ):
         """Re-align button / ``/realign``: the last DUSt3R run's pairs with new alignment settings."""
         if result is None or result.pairs_path is None or not Path(result.pairs_path).is_file():
-            raise gr.Error("Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). "
-                           "Run one first.", title="Nothing to re-align", print_exception=False)
+            raise gr.Error(
+                "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
+                title="Nothing to re-align",
+                print_exception=False,
+            )
         _engine, cfg = self._settings(settings)
         session = getattr(request, "session_hash", None) or "anonymous"
         job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
         self.sessions.add(session, job.id)
         try:
-            new = self.pipeline.realign(result.pairs_path, cfg, job=job, progress=self._progress_fn(progress),
-                                        like=result.scene)
+            new = self.pipeline.realign(
+                result.pairs_path, cfg, job=job, progress=self._progress_fn(progress), like=result.scene
+            )
             return self._outputs(new)
         except _USER_ERRORS as e:
             raise self._fail(e, "Re-alignment", job.dir) from e
@@ -392,8 +476,7 @@ class UIHandlers:
     @staticmethod
     def glb_ready():
         """After a run: the GLB download is clickable; the zip is being made."""
-        return (gr.DownloadButton(interactive=True),
-                gr.DownloadButton(label=_ZIP_BUSY, value=None, interactive=False))
+        return (gr.DownloadButton(interactive=True), gr.DownloadButton(label=_ZIP_BUSY, value=None, interactive=False))
 
     @staticmethod
     def zip_busy():
@@ -406,8 +489,13 @@ class UIHandlers:
     @staticmethod
     def engine_visibility(engine: str):
         dust3r = engine == "dust3r"
-        return (gr.Accordion(visible=dust3r), gr.Accordion(visible=dust3r), gr.Accordion(visible=dust3r),
-                gr.Accordion(visible=not dust3r), gr.Button(visible=dust3r))
+        return (
+            gr.Accordion(visible=dust3r),
+            gr.Accordion(visible=dust3r),
+            gr.Accordion(visible=dust3r),
+            gr.Accordion(visible=not dust3r),
+            gr.Button(visible=dust3r),
+        )
 
     @staticmethod
     def graph_visibility(kind: str):
@@ -446,8 +534,10 @@ def _default_engine(avail: Mapping[str, str | None]) -> tuple[str, str]:
     if dust3r is None:
         return "dust3r", ""
     if colmap is None:
-        note = (f"**DUSt3R weights are not available, so COLMAP is selected** (classical structure-from-motion: "
-                f"no weights, works offline; it needs several overlapping photos). {dust3r}")
+        note = (
+            f"**DUSt3R weights are not available, so COLMAP is selected** (classical structure-from-motion: "
+            f"no weights, works offline; it needs several overlapping photos). {dust3r}"
+        )
         return "colmap", note
     return "dust3r", f"**No engine is ready.** DUSt3R: {dust3r} COLMAP: {colmap}"
 
@@ -460,8 +550,9 @@ def _read_asset(name: str) -> str:
 def _theme() -> gr.themes.Base:
     fonts = ["Inter", "ui-sans-serif", "system-ui", "-apple-system", "Segoe UI", "Roboto", "sans-serif"]
     mono = ["JetBrains Mono", "ui-monospace", "SFMono-Regular", "Menlo", "Consolas", "monospace"]
-    return gr.themes.Base(primary_hue="violet", secondary_hue="cyan", neutral_hue="slate",
-                          radius_size="md", font=fonts, font_mono=mono)
+    return gr.themes.Base(
+        primary_hue="violet", secondary_hue="cyan", neutral_hue="slate", radius_size="md", font=fonts, font_mono=mono
+    )
 
 
 def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
@@ -492,8 +583,9 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     sizes = sorted({*IMAGE_SIZES, cfg.preprocess.image_size}, reverse=True)
     a, post, viz, ui = cfg.alignment, cfg.postprocess, cfg.viz, cfg.ui
 
-    with gr.Blocks(title="DUSt3R Studio", analytics_enabled=False, fill_width=True,
-                   delete_cache=(ui.cache_clean_s, max_age_s)) as demo:
+    with gr.Blocks(
+        title="DUSt3R Studio", analytics_enabled=False, fill_width=True, delete_cache=(ui.cache_clean_s, max_age_s)
+    ) as demo:
         result_state = gr.State(None)
         gr.HTML(_HEADER)
         gr.HTML(_HOWTO)
@@ -504,50 +596,96 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             with gr.Column(scale=4, min_width=340, elem_id="left-panel"):
                 with gr.Column(scale=0, elem_id="photos-panel"):
                     gr.Markdown("### Photos", elem_classes="panel-title")
-                    files = gr.File(file_count="multiple", file_types=list(IMAGE_EXTENSIONS), label="Drop photos here",
-                                    show_label=False, height=150, elem_id="upload")
-                    thumbs = gr.Gallery(label="Uploaded", show_label=False, columns=5, fit_columns=False, height=124,
-                                        object_fit="cover", allow_preview=False, elem_id="thumbs", visible=False)
+                    files = gr.File(
+                        file_count="multiple",
+                        file_types=list(IMAGE_EXTENSIONS),
+                        label="Drop photos here",
+                        show_label=False,
+                        height=150,
+                        elem_id="upload",
+                    )
+                    thumbs = gr.Gallery(
+                        label="Uploaded",
+                        show_label=False,
+                        columns=5,
+                        fit_columns=False,
+                        height=124,
+                        object_fit="cover",
+                        allow_preview=False,
+                        elem_id="thumbs",
+                        visible=False,
+                    )
                 with gr.Column(scale=0, elem_id="engine-panel"):
                     gr.Markdown("### Engine", elem_classes="panel-title")
                     engine = gr.Radio(ENGINE_CHOICES, value=engine0, show_label=False, elem_id="engine")
                     model_md = gr.Markdown(handlers.model_status_md(), elem_id="model-status")
                 with gr.Accordion("Network input", open=False, visible=engine0 == "dust3r") as acc_input:
-                    image_size = gr.Dropdown(sizes, value=cfg.preprocess.image_size, label="Image size (long side, px)",
-                                             info="512 for the 512 models; 224 = square crop for the 224 model. "
-                                                  "Smaller is faster.")
-                    enhance = gr.Checkbox(value=cfg.preprocess.enhance, label="Enhance contrast and sharpness",
-                                          info="Off by default: the network was trained without it. "
-                                               "Can help dull, hazy photos.")
+                    image_size = gr.Dropdown(
+                        sizes,
+                        value=cfg.preprocess.image_size,
+                        label="Image size (long side, px)",
+                        info="512 for the 512 models; 224 = square crop for the 224 model. Smaller is faster.",
+                    )
+                    enhance = gr.Checkbox(
+                        value=cfg.preprocess.enhance,
+                        label="Enhance contrast and sharpness",
+                        info="Off by default: the network was trained without it. Can help dull, hazy photos.",
+                    )
                 with gr.Accordion("Image pairs", open=False, visible=engine0 == "dust3r") as acc_pairs:
                     graph_kind = cfg.inference.scene_graph.split("-")[0]
-                    scene_graph = gr.Dropdown(GRAPH_CHOICES, value=graph_kind if graph_kind in
-                                              ("complete", "swin", "logwin", "oneref") else "complete",
-                                              label="Scene graph", info="Which image pairs go through the network. "
-                                              "Use a window for long ordered sequences.")
-                    window_size = gr.Slider(1, ui.max_images, value=3, step=1, label="Window size",
-                                            visible=graph_kind in ("swin", "logwin"))
-                    cyclic = gr.Checkbox(value=True, label="Cyclic (the last images pair with the first)",
-                                         visible=graph_kind in ("swin", "logwin"))
-                    ref_image = gr.Slider(0, ui.max_images - 1, value=0, step=1, label="Reference image index",
-                                          visible=graph_kind == "oneref")
+                    scene_graph = gr.Dropdown(
+                        GRAPH_CHOICES,
+                        value=graph_kind if graph_kind in ("complete", "swin", "logwin", "oneref") else "complete",
+                        label="Scene graph",
+                        info="Which image pairs go through the network. Use a window for long ordered sequences.",
+                    )
+                    window_size = gr.Slider(
+                        1, ui.max_images, value=3, step=1, label="Window size", visible=graph_kind in ("swin", "logwin")
+                    )
+                    cyclic = gr.Checkbox(
+                        value=True,
+                        label="Cyclic (the last images pair with the first)",
+                        visible=graph_kind in ("swin", "logwin"),
+                    )
+                    ref_image = gr.Slider(
+                        0,
+                        ui.max_images - 1,
+                        value=0,
+                        step=1,
+                        label="Reference image index",
+                        visible=graph_kind == "oneref",
+                    )
                 with gr.Accordion("Global alignment", open=False, visible=engine0 == "dust3r") as acc_align:
-                    niter = gr.Slider(0, ui.max_niter, value=a.niter, step=10, label="Iterations",
-                                      info="More = tighter fit, slower. 2 images need none.")
+                    niter = gr.Slider(
+                        0,
+                        ui.max_niter,
+                        value=a.niter,
+                        step=10,
+                        label="Iterations",
+                        info="More = tighter fit, slower. 2 images need none.",
+                    )
                     schedule = gr.Radio(["linear", "cosine"], value=a.schedule, label="Learning-rate schedule")
                     lr = gr.Number(value=a.lr, label="Learning rate", minimum=1e-6, maximum=1.0, step=0.001)
-                    known_focal = gr.Textbox(value="", label="Known focal length (px of the network input)",
-                                             placeholder="empty = estimate · one value · or one per image: 480,500",
-                                             max_lines=1)
+                    known_focal = gr.Textbox(
+                        value="",
+                        label="Known focal length (px of the network input)",
+                        placeholder="empty = estimate · one value · or one per image: 480,500",
+                        max_lines=1,
+                    )
                     with gr.Row():
-                        shared_focal = gr.Checkbox(value=a.shared_focal, label="Shared focal",
-                                                   info="One camera, one zoom.")
-                        early_stop = gr.Checkbox(value=a.early_stop, label="Early stop",
-                                                 info="Stop when the loss settles.")
+                        shared_focal = gr.Checkbox(
+                            value=a.shared_focal, label="Shared focal", info="One camera, one zoom."
+                        )
+                        early_stop = gr.Checkbox(
+                            value=a.early_stop, label="Early stop", info="Stop when the loss settles."
+                        )
                 with gr.Accordion("COLMAP", open=False, visible=engine0 == "colmap") as acc_colmap:
-                    matcher = gr.Radio(["auto", "exhaustive", "sequential"], value=cfg.colmap.matcher,
-                                       label="Feature matching",
-                                       info="auto: exhaustive for small sets, sequential for long ordered captures.")
+                    matcher = gr.Radio(
+                        ["auto", "exhaustive", "sequential"],
+                        value=cfg.colmap.matcher,
+                        label="Feature matching",
+                        info="auto: exhaustive for small sets, sequential for long ordered captures.",
+                    )
                     mapper = gr.Radio(["global", "incremental"], value=cfg.colmap.mapper, label="Mapping")
                 run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn")
 
@@ -555,78 +693,161 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             with gr.Column(scale=7, min_width=420, elem_id="right-panel"):
                 with gr.Column(elem_id="viewer-wrap"):
                     gr.Button("⤢ Fullscreen", elem_id="fullscreen-btn", size="sm")
-                    viewer = gr.Model3D(label="3D model", show_label=False, height=ui.viewer_height,
-                                        clear_color=(0.043, 0.055, 0.078, 1.0), elem_id="viewer")
+                    viewer = gr.Model3D(
+                        label="3D model",
+                        show_label=False,
+                        height=ui.viewer_height,
+                        clear_color=(0.043, 0.055, 0.078, 1.0),
+                        elem_id="viewer",
+                    )
                 status = gr.Markdown("Upload photos and press **Reconstruct**.", elem_id="status")
                 with gr.Row(elem_id="downloads"):
-                    glb_btn = gr.DownloadButton("Download GLB", value=None, interactive=False, variant="primary",
-                                                elem_id="download-glb")
-                    zip_btn = gr.DownloadButton(_ZIP_LABEL, value=None, interactive=False,
-                                                elem_id="download-zip")
-                    realign_btn = gr.Button("Re-align (no network)", visible=engine0 == "dust3r",
-                                            elem_id="realign-btn")
+                    glb_btn = gr.DownloadButton(
+                        "Download GLB", value=None, interactive=False, variant="primary", elem_id="download-glb"
+                    )
+                    zip_btn = gr.DownloadButton(_ZIP_LABEL, value=None, interactive=False, elem_id="download-zip")
+                    realign_btn = gr.Button("Re-align (no network)", visible=engine0 == "dust3r", elem_id="realign-btn")
                 with gr.Accordion("Display · updates the model without re-running", open=True, elem_id="display"):
                     with gr.Row():
-                        min_conf_thr = gr.Slider(1.0, ui.max_conf_thr, value=post.min_conf_thr, step=0.1,
-                                                 label="Confidence threshold",
-                                                 info="DUSt3R: raw network confidence (> 1) a point needs. "
-                                                      "Higher = fewer, surer points.")
-                        cam_size = gr.Slider(0.001, ui.max_cam_size, value=viz.cam_size, step=0.001,
-                                             label="Camera size", info="Fraction of the scene size.")
+                        min_conf_thr = gr.Slider(
+                            1.0,
+                            ui.max_conf_thr,
+                            value=post.min_conf_thr,
+                            step=0.1,
+                            label="Confidence threshold",
+                            info="DUSt3R: raw network confidence (> 1) a point needs. Higher = fewer, surer points.",
+                        )
+                        cam_size = gr.Slider(
+                            0.001,
+                            ui.max_cam_size,
+                            value=viz.cam_size,
+                            step=0.001,
+                            label="Camera size",
+                            info="Fraction of the scene size.",
+                        )
                     with gr.Row():
-                        view_mode = gr.Radio([("Mesh", "mesh"), ("Point cloud", "pointcloud")],
-                                             value="pointcloud" if viz.as_pointcloud else "mesh", label="Show as")
+                        view_mode = gr.Radio(
+                            [("Mesh", "mesh"), ("Point cloud", "pointcloud")],
+                            value="pointcloud" if viz.as_pointcloud else "mesh",
+                            label="Show as",
+                        )
                         with gr.Column():
                             show_cameras = gr.Checkbox(value=viz.show_cameras, label="Show cameras")
                             cam_transparent = gr.Checkbox(value=viz.cam_transparent, label="Transparent cameras")
                             cam_image = gr.Checkbox(value=viz.cam_image, label="Photos on cameras")
                     with gr.Row():
-                        clean_depth = gr.Checkbox(value=post.clean_depth, label="Clean-up",
-                                                  info="Drop points hidden behind other views.")
-                        outlier_removal = gr.Checkbox(value=post.outlier_removal, label="Remove outliers",
-                                                      info="Isolated floating points.")
-                        largest_component = gr.Checkbox(value=post.largest_component, label="Main object only",
-                                                        info="Largest connected part.")
+                        clean_depth = gr.Checkbox(
+                            value=post.clean_depth, label="Clean-up", info="Drop points hidden behind other views."
+                        )
+                        outlier_removal = gr.Checkbox(
+                            value=post.outlier_removal, label="Remove outliers", info="Isolated floating points."
+                        )
+                        largest_component = gr.Checkbox(
+                            value=post.largest_component, label="Main object only", info="Largest connected part."
+                        )
                         mask_sky = gr.Checkbox(value=post.mask_sky, label="Remove sky")
-                gallery = gr.Gallery(label="Views · RGB, depth, confidence", columns=3, height=300,
-                                     object_fit="contain", elem_id="views")
+                gallery = gr.Gallery(
+                    label="Views · RGB, depth, confidence", columns=3, height=300, object_fit="contain", elem_id="views"
+                )
 
-        run_inputs = dict(engine=engine, image_size=image_size, enhance=enhance, scene_graph=scene_graph,
-                          window_size=window_size, cyclic=cyclic, ref_image=ref_image, niter=niter,
-                          schedule=schedule, lr=lr, known_focal=known_focal, shared_focal=shared_focal,
-                          early_stop=early_stop, matcher=matcher, mapper=mapper)
-        display_inputs = dict(min_conf_thr=min_conf_thr, view_mode=view_mode, clean_depth=clean_depth,
-                              outlier_removal=outlier_removal, largest_component=largest_component,
-                              mask_sky=mask_sky, cam_size=cam_size, show_cameras=show_cameras,
-                              cam_transparent=cam_transparent, cam_image=cam_image)
+        run_inputs = dict(
+            engine=engine,
+            image_size=image_size,
+            enhance=enhance,
+            scene_graph=scene_graph,
+            window_size=window_size,
+            cyclic=cyclic,
+            ref_image=ref_image,
+            niter=niter,
+            schedule=schedule,
+            lr=lr,
+            known_focal=known_focal,
+            shared_focal=shared_focal,
+            early_stop=early_stop,
+            matcher=matcher,
+            mapper=mapper,
+        )
+        display_inputs = dict(
+            min_conf_thr=min_conf_thr,
+            view_mode=view_mode,
+            clean_depth=clean_depth,
+            outlier_removal=outlier_removal,
+            largest_component=largest_component,
+            mask_sky=mask_sky,
+            cam_size=cam_size,
+            show_cameras=show_cameras,
+            cam_transparent=cam_transparent,
+            cam_image=cam_image,
+        )
         outputs = [result_state, viewer, gallery, glb_btn, status, model_md]
-        package = dict(fn=handlers.package, inputs=[result_state], inputs_kwargs=display_inputs, outputs=[zip_btn],
-                       concurrency_limit=4, concurrency_id="display", show_progress="hidden")
+        package = dict(
+            fn=handlers.package,
+            inputs=[result_state],
+            inputs_kwargs=display_inputs,
+            outputs=[zip_btn],
+            concurrency_limit=4,
+            concurrency_id="display",
+            show_progress="hidden",
+        )
 
         files.change(handlers.thumbnails, inputs=files, outputs=thumbs, api_name="thumbnails", queue=False)
-        for button, fn, first_input, name in ((run_btn, handlers.reconstruct, files, "reconstruct"),
-                                              (realign_btn, handlers.realign, result_state, "realign")):
-            button.click(fn, inputs=[first_input], inputs_kwargs={**run_inputs, **display_inputs}, outputs=outputs,
-                         api_name=name, concurrency_limit=ui.concurrency_limit, concurrency_id="device",
-                         show_progress_on=[viewer]).success(
-                handlers.glb_ready, outputs=[glb_btn, zip_btn], queue=False, api_visibility="private").success(
-                **package, api_name=f"{name}_package", api_visibility="private").success(
-                handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
-        display_triggers = [min_conf_thr.release, cam_size.release, view_mode.input, show_cameras.input,
-                            cam_transparent.input, cam_image.input, clean_depth.input, outlier_removal.input,
-                            largest_component.input, mask_sky.input]
-        gr.on(display_triggers, handlers.render, inputs=[result_state], inputs_kwargs=display_inputs,
-              outputs=[viewer, glb_btn, status], api_name="render", trigger_mode="always_last",
-              concurrency_limit=4, concurrency_id="display", show_progress="minimal",
-              show_progress_on=[viewer]).success(
-            handlers.zip_busy, outputs=[zip_btn], queue=False, api_visibility="private").success(
-            **package, api_name="package", trigger_mode="always_last").success(
-            handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
-        engine.change(handlers.engine_visibility, inputs=engine,
-                      outputs=[acc_input, acc_pairs, acc_align, acc_colmap, realign_btn],
-                      queue=False, api_visibility="private")
-        scene_graph.change(handlers.graph_visibility, inputs=scene_graph, outputs=[window_size, cyclic, ref_image],
-                           queue=False, api_visibility="private")
+        for button, fn, first_input, name in (
+            (run_btn, handlers.reconstruct, files, "reconstruct"),
+            (realign_btn, handlers.realign, result_state, "realign"),
+        ):
+            button.click(
+                fn,
+                inputs=[first_input],
+                inputs_kwargs={**run_inputs, **display_inputs},
+                outputs=outputs,
+                api_name=name,
+                concurrency_limit=ui.concurrency_limit,
+                concurrency_id="device",
+                show_progress_on=[viewer],
+            ).success(handlers.glb_ready, outputs=[glb_btn, zip_btn], queue=False, api_visibility="private").success(
+                **package, api_name=f"{name}_package", api_visibility="private"
+            ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
+        display_triggers = [
+            min_conf_thr.release,
+            cam_size.release,
+            view_mode.input,
+            show_cameras.input,
+            cam_transparent.input,
+            cam_image.input,
+            clean_depth.input,
+            outlier_removal.input,
+            largest_component.input,
+            mask_sky.input,
+        ]
+        gr.on(
+            display_triggers,
+            handlers.render,
+            inputs=[result_state],
+            inputs_kwargs=display_inputs,
+            outputs=[viewer, glb_btn, status],
+            api_name="render",
+            trigger_mode="always_last",
+            concurrency_limit=4,
+            concurrency_id="display",
+            show_progress="minimal",
+            show_progress_on=[viewer],
+        ).success(handlers.zip_busy, outputs=[zip_btn], queue=False, api_visibility="private").success(
+            **package, api_name="package", trigger_mode="always_last"
+        ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
+        engine.change(
+            handlers.engine_visibility,
+            inputs=engine,
+            outputs=[acc_input, acc_pairs, acc_align, acc_colmap, realign_btn],
+            queue=False,
+            api_visibility="private",
+        )
+        scene_graph.change(
+            handlers.graph_visibility,
+            inputs=scene_graph,
+            outputs=[window_size, cyclic, ref_image],
+            queue=False,
+            api_visibility="private",
+        )
         demo.load(handlers.model_status_md, outputs=model_md, queue=False, api_visibility="private")
         demo.unload(handlers.unload)
     demo.queue(max_size=ui.queue_size, default_concurrency_limit=ui.concurrency_limit)

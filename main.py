@@ -104,13 +104,18 @@ def _model_options(p: argparse.ArgumentParser, defaults: AppConfig, *, inherit: 
         "image_size": defaults.preprocess.image_size,
     }
     dflt = {k: (argparse.SUPPRESS if inherit else v) for k, v in values.items()}
-    g.add_argument("--checkpoint", default=dflt["checkpoint"],
-                   help="hub repo id, official short name, local folder, .safetensors or .pth "
-                        f"(default: {values['checkpoint']})")
+    g.add_argument(
+        "--checkpoint",
+        default=dflt["checkpoint"],
+        help=f"hub repo id, official short name, local folder, .safetensors or .pth (default: {values['checkpoint']})",
+    )
     g.add_argument("--device", default=dflt["device"], help=f"auto, cpu, cuda, cuda:N (default: {values['device']})")
-    g.add_argument("--image-size", type=_image_size, default=dflt["image_size"],
-                   help="long side of the network input, a multiple of 16; 224 = square mode "
-                        f"(default: {values['image_size']})")
+    g.add_argument(
+        "--image-size",
+        type=_image_size,
+        default=dflt["image_size"],
+        help=f"long side of the network input, a multiple of 16; 224 = square mode (default: {values['image_size']})",
+    )
 
 
 def _run_options(p: argparse.ArgumentParser, defaults: AppConfig, *, images: bool) -> None:
@@ -118,78 +123,149 @@ def _run_options(p: argparse.ArgumentParser, defaults: AppConfig, *, images: boo
     if images:
         g = p.add_argument_group("engine and pairs")
         g.add_argument("--engine", choices=("dust3r", "colmap"), default="dust3r", help="default: %(default)s")
-        g.add_argument("--scene-graph", default=defaults.inference.scene_graph,
-                       help="complete, swin-K[-noncyclic], logwin-K[-noncyclic] or oneref-I (default: %(default)s)")
-        g.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default=defaults.inference.precision,
-                       help="network precision (default: %(default)s)")
-        g.add_argument("--enhance", action="store_true",
-                       help="contrast/sharpness enhancement before the network (it was trained without it)")
-        g.add_argument("--matcher", choices=("auto", "exhaustive", "sequential"), default=defaults.colmap.matcher,
-                       help="COLMAP matcher (default: %(default)s)")
-        g.add_argument("--mapper", choices=("global", "incremental"), default=defaults.colmap.mapper,
-                       help="COLMAP mapper (default: %(default)s)")
+        g.add_argument(
+            "--scene-graph",
+            default=defaults.inference.scene_graph,
+            help="complete, swin-K[-noncyclic], logwin-K[-noncyclic] or oneref-I (default: %(default)s)",
+        )
+        g.add_argument(
+            "--precision",
+            choices=("auto", "fp32", "bf16", "fp16"),
+            default=defaults.inference.precision,
+            help="network precision (default: %(default)s)",
+        )
+        g.add_argument(
+            "--enhance",
+            action="store_true",
+            help="contrast/sharpness enhancement before the network (it was trained without it)",
+        )
+        g.add_argument(
+            "--matcher",
+            choices=("auto", "exhaustive", "sequential"),
+            default=defaults.colmap.matcher,
+            help="COLMAP matcher (default: %(default)s)",
+        )
+        g.add_argument(
+            "--mapper",
+            choices=("global", "incremental"),
+            default=defaults.colmap.mapper,
+            help="COLMAP mapper (default: %(default)s)",
+        )
     g = p.add_argument_group("global alignment")
     g.add_argument("--niter", type=_positive_int, default=a.niter, help="iterations (default: %(default)s)")
     g.add_argument("--schedule", choices=("linear", "cosine"), default=a.schedule, help="default: %(default)s")
     g.add_argument("--lr", type=_float, default=a.lr, help="learning rate (default: %(default)s)")
-    g.add_argument("--min-conf-thr", type=_float, default=a.min_conf_thr,
-                   help="raw confidence (>= 1) a pixel needs to be used and shown (default: %(default)s)")
-    g.add_argument("--known-focal", type=_focals, default=None, metavar="F[,F...]",
-                   help="fixed focal length(s) in pixels of the network input: one, or one per image")
+    g.add_argument(
+        "--min-conf-thr",
+        type=_float,
+        default=a.min_conf_thr,
+        help="raw confidence (>= 1) a pixel needs to be used and shown (default: %(default)s)",
+    )
+    g.add_argument(
+        "--known-focal",
+        type=_focals,
+        default=None,
+        metavar="F[,F...]",
+        help="fixed focal length(s) in pixels of the network input: one, or one per image",
+    )
     g.add_argument("--shared-focal", action="store_true", help="optimise one focal length for all images")
-    g.add_argument("--early-stop", action=argparse.BooleanOptionalAction, default=a.early_stop,
-                   help="stop when the loss stops improving (default: %(default)s)")
+    g.add_argument(
+        "--early-stop",
+        action=argparse.BooleanOptionalAction,
+        default=a.early_stop,
+        help="stop when the loss stops improving (default: %(default)s)",
+    )
     g = p.add_argument_group("outputs")
     g.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
     g.add_argument("--as-pointcloud", action="store_true", help="GLB as a point cloud instead of a mesh")
-    g.add_argument("--export", default="glb,npz", metavar="LIST",
-                   help="comma list of glb, ply, obj, colmap, json, npz, depth, zip, or 'all' "
-                        "(scene.npz, scene.glb and manifest.json are always written)")
+    g.add_argument(
+        "--export",
+        default="glb,npz",
+        metavar="LIST",
+        help="comma list of glb, ply, obj, colmap, json, npz, depth, zip, or 'all' "
+        "(scene.npz, scene.glb and manifest.json are always written)",
+    )
     if images:
         g.add_argument("--save-pairs", action="store_true", help="also write the pair predictions to DIR/pairs.npz")
     post = defaults.postprocess
-    g.add_argument("--clean-depth", action=argparse.BooleanOptionalAction, default=post.clean_depth,
-                   help="drop points hidden behind other views' surfaces (default: %(default)s)")
-    g.add_argument("--outlier-removal", action=argparse.BooleanOptionalAction, default=post.outlier_removal,
-                   help="statistical outlier removal (default: %(default)s)")
-    g.add_argument("--largest-component", action=argparse.BooleanOptionalAction, default=post.largest_component,
-                   help="keep only the largest connected object (default: %(default)s)")
-    g.add_argument("--mask-sky", action=argparse.BooleanOptionalAction, default=post.mask_sky,
-                   help="drop sky-like pixels (default: %(default)s)")
-    g.add_argument("--cam-size", type=_float, default=defaults.viz.cam_size,
-                   help="camera frustum size, fraction of the scene extent (default: %(default)s)")
-    g.add_argument("--show-cameras", action=argparse.BooleanOptionalAction, default=defaults.viz.show_cameras,
-                   help="draw the cameras in the GLB (default: %(default)s)")
+    g.add_argument(
+        "--clean-depth",
+        action=argparse.BooleanOptionalAction,
+        default=post.clean_depth,
+        help="drop points hidden behind other views' surfaces (default: %(default)s)",
+    )
+    g.add_argument(
+        "--outlier-removal",
+        action=argparse.BooleanOptionalAction,
+        default=post.outlier_removal,
+        help="statistical outlier removal (default: %(default)s)",
+    )
+    g.add_argument(
+        "--largest-component",
+        action=argparse.BooleanOptionalAction,
+        default=post.largest_component,
+        help="keep only the largest connected object (default: %(default)s)",
+    )
+    g.add_argument(
+        "--mask-sky",
+        action=argparse.BooleanOptionalAction,
+        default=post.mask_sky,
+        help="drop sky-like pixels (default: %(default)s)",
+    )
+    g.add_argument(
+        "--cam-size",
+        type=_float,
+        default=defaults.viz.cam_size,
+        help="camera frustum size, fraction of the scene extent (default: %(default)s)",
+    )
+    g.add_argument(
+        "--show-cameras",
+        action=argparse.BooleanOptionalAction,
+        default=defaults.viz.show_cameras,
+        help="draw the cameras in the GLB (default: %(default)s)",
+    )
 
 
 def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
     """The top-level parser (web app options) with the ``reconstruct`` and ``align`` commands."""
     defaults = defaults if defaults is not None else AppConfig()
-    parser = _Parser(prog="main.py", description="DUSt3R / COLMAP 3D reconstruction: web app and headless commands.",
-                     epilog="commands: 'main.py reconstruct --help', 'main.py align --help'")
+    parser = _Parser(
+        prog="main.py",
+        description="DUSt3R / COLMAP 3D reconstruction: web app and headless commands.",
+        epilog="commands: 'main.py reconstruct --help', 'main.py align --help'",
+    )
     parser.add_argument("--host", default=defaults.ui.host, help="address to bind (default: %(default)s)")
     parser.add_argument("--port", type=int, default=defaults.ui.port, help="port (default: %(default)s)")
-    parser.add_argument("--output-root", type=Path, default=defaults.jobs.output_root,
-                        help="folder for the jobs (default: %(default)s)")
+    parser.add_argument(
+        "--output-root", type=Path, default=defaults.jobs.output_root, help="folder for the jobs (default: %(default)s)"
+    )
     parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    parser.add_argument("--max-images", type=int, default=defaults.ui.max_images,
-                        help="most images per run (default: %(default)s)")
+    parser.add_argument(
+        "--max-images", type=int, default=defaults.ui.max_images, help="most images per run (default: %(default)s)"
+    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
     _model_options(parser, defaults)
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{reconstruct,align}")
 
-    rec = sub.add_parser("reconstruct", help="images -> 3D scene, headless",
-                         description="Reconstruct a scene from images (files or folders) without the web app.")
+    rec = sub.add_parser(
+        "reconstruct",
+        help="images -> 3D scene, headless",
+        description="Reconstruct a scene from images (files or folders) without the web app.",
+    )
     rec.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (sorted)")
     _model_options(rec, defaults, inherit=True)
     _run_options(rec, defaults, images=True)
     rec.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
 
-    ali = sub.add_parser("align", help="re-align saved pair predictions (no network)",
-                         description="Global alignment and outputs from a pairs.npz written by --save-pairs.")
+    ali = sub.add_parser(
+        "align",
+        help="re-align saved pair predictions (no network)",
+        description="Global alignment and outputs from a pairs.npz written by --save-pairs.",
+    )
     ali.add_argument("pairs", type=Path, metavar="PAIRS_NPZ", help="pair predictions (.npz)")
-    ali.add_argument("--device", default=argparse.SUPPRESS,
-                     help=f"auto, cpu, cuda, cuda:N (default: {defaults.model.device})")
+    ali.add_argument(
+        "--device", default=argparse.SUPPRESS, help=f"auto, cpu, cuda, cuda:N (default: {defaults.model.device})"
+    )
     _run_options(ali, defaults, images=False)
     ali.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
     return parser
@@ -213,14 +289,34 @@ def _config_from_args(args: argparse.Namespace, base: AppConfig) -> AppConfig:
         cfg = r(cfg, inference=r(cfg.inference, scene_graph=args.scene_graph, precision=args.precision))
         cfg = r(cfg, colmap=r(cfg.colmap, matcher=args.matcher, mapper=args.mapper))
     if hasattr(args, "niter"):
-        cfg = r(cfg, alignment=r(cfg.alignment, niter=args.niter, schedule=args.schedule, lr=args.lr,
-                                 min_conf_thr=args.min_conf_thr, known_focal=args.known_focal,
-                                 shared_focal=args.shared_focal, early_stop=args.early_stop))
-        cfg = r(cfg, postprocess=r(cfg.postprocess, min_conf_thr=args.min_conf_thr, clean_depth=args.clean_depth,
-                                   outlier_removal=args.outlier_removal,
-                                   largest_component=args.largest_component, mask_sky=args.mask_sky))
-        cfg = r(cfg, viz=r(cfg.viz, as_pointcloud=args.as_pointcloud, cam_size=args.cam_size,
-                           show_cameras=args.show_cameras))
+        cfg = r(
+            cfg,
+            alignment=r(
+                cfg.alignment,
+                niter=args.niter,
+                schedule=args.schedule,
+                lr=args.lr,
+                min_conf_thr=args.min_conf_thr,
+                known_focal=args.known_focal,
+                shared_focal=args.shared_focal,
+                early_stop=args.early_stop,
+            ),
+        )
+        cfg = r(
+            cfg,
+            postprocess=r(
+                cfg.postprocess,
+                min_conf_thr=args.min_conf_thr,
+                clean_depth=args.clean_depth,
+                outlier_removal=args.outlier_removal,
+                largest_component=args.largest_component,
+                mask_sky=args.mask_sky,
+            ),
+        )
+        cfg = r(
+            cfg,
+            viz=r(cfg.viz, as_pointcloud=args.as_pointcloud, cam_size=args.cam_size, show_cameras=args.show_cameras),
+        )
     if hasattr(args, "output_root") and args.command is None:
         cfg = r(cfg, jobs=r(cfg.jobs, output_root=args.output_root))
     if args.command == "reconstruct":
@@ -250,8 +346,14 @@ class _TqdmProgress:
         if stage != self._stage:
             self.close()
             self._stage = stage
-            self._bar = tqdm(total=max(total, 1), desc=STAGE_LABELS.get(stage, stage), file=sys.stderr,
-                             leave=True, dynamic_ncols=True, mininterval=0.2)
+            self._bar = tqdm(
+                total=max(total, 1),
+                desc=STAGE_LABELS.get(stage, stage),
+                file=sys.stderr,
+                leave=True,
+                dynamic_ncols=True,
+                mininterval=0.2,
+            )
         bar = self._bar
         if bar is None:
             return
@@ -426,8 +528,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, MemoryError) as e:
         return _fail(f"error: {_one_line(e)}", _exit_code(e), e, debug)
     except Exception as e:  # noqa: BLE001 - top-level reporter: a bug, shown as one line (--debug: traceback)
-        return _fail(f"internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for details)",
-                     EXIT_INTERNAL, e, debug)
+        return _fail(
+            f"internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for details)",
+            EXIT_INTERNAL,
+            e,
+            debug,
+        )
 
 
 def _one_line(e: BaseException) -> str:

@@ -769,7 +769,9 @@ class DUSt3R(nn.Module):
         out2[-1] = self.dec_norm(out2[-1])
         return out1, out2
 
-    def _head_and_shape(self, which: int, n_tokens: int, true_shape: tuple[int, int]) -> tuple[nn.Module, tuple[int, int]]:
+    def _head_and_shape(
+        self, which: int, n_tokens: int, true_shape: tuple[int, int]
+    ) -> tuple[nn.Module, tuple[int, int]]:
         if which not in (1, 2):
             raise ValueError(f"which must be 1 or 2, got {which!r}")
         h, w = (int(v) for v in true_shape)

@@ -173,8 +173,10 @@ def weights_availability(model_cfg: ModelConfig) -> str | None:
     """
     text = model_cfg.checkpoint.strip()
     path = Path(text).expanduser()
-    how = ("Provide them with --checkpoint /path/to/folder (config.json + model.safetensors), "
-           "--checkpoint /path/to/model.safetensors or an original .pth file")
+    how = (
+        "Provide them with --checkpoint /path/to/folder (config.json + model.safetensors), "
+        "--checkpoint /path/to/model.safetensors or an original .pth file"
+    )
     if path.exists():
         return None
     repo_id = _hub_repo_id(text)
@@ -183,15 +185,21 @@ def weights_availability(model_cfg: ModelConfig) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
     cache = _hub_cache_dir(model_cfg.cache_dir)
-    cached = [try_to_load_from_cache(repo_id, name, cache_dir=model_cfg.cache_dir)
-              for name in ("config.json", "model.safetensors")]
+    cached = [
+        try_to_load_from_cache(repo_id, name, cache_dir=model_cfg.cache_dir)
+        for name in ("config.json", "model.safetensors")
+    ]
     if all(isinstance(c, str) and Path(c).is_file() for c in cached):
         return None
     if _hub_offline():
-        return (f"DUSt3R weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
-                f"offline (HF_HUB_OFFLINE). {how}, or go online once so they download (about 2.3 GB).")
-    return (f"DUSt3R weights ({repo_id}) are not downloaded yet (about 2.3 GB, into {cache}); they "
-            f"download on the first DUSt3R run. {how}.")
+        return (
+            f"DUSt3R weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
+            f"offline (HF_HUB_OFFLINE). {how}, or go online once so they download (about 2.3 GB)."
+        )
+    return (
+        f"DUSt3R weights ({repo_id}) are not downloaded yet (about 2.3 GB, into {cache}); they "
+        f"download on the first DUSt3R run. {how}."
+    )
 
 
 @dataclass(frozen=True)
@@ -254,8 +262,9 @@ class Dust3rEngine:
         progress("model", 1, 1)
         device = resolve_device(cfg.model.device)
         autocast_dtype = select_autocast_dtype(device, cfg.inference.precision)
-        preds = run_inference(model, images, cfg.inference, device=device, autocast_dtype=autocast_dtype,
-                              progress=progress)
+        preds = run_inference(
+            model, images, cfg.inference, device=device, autocast_dtype=autocast_dtype, progress=progress
+        )
         if cfg.jobs.save_pairs:
             progress("save", 0, 1)
             preds.save_npz(Path(job_dir) / PAIRS_FILE, batch_size=max(1, cfg.inference.batch_size))
@@ -264,8 +273,12 @@ class Dust3rEngine:
         scene = align(preds, cfg.alignment, device=device, progress=progress)
         scene = _with_image_info(scene, images)
         extra = dict(scene.extra)
-        extra.update(device=str(device), autocast=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
-                     n_pairs=int(preds.pairs.shape[0]), checkpoint=cfg.model.checkpoint)
+        extra.update(
+            device=str(device),
+            autocast=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
+            n_pairs=int(preds.pairs.shape[0]),
+            checkpoint=cfg.model.checkpoint,
+        )
         return dataclasses.replace(scene, extra=extra)
 
 
@@ -365,8 +378,7 @@ def _job_folders(root: Path) -> list[Path]:
     """Folders below ``root`` that this app created (id-shaped name and marker file)."""
     if not root.is_dir():
         return []
-    return [p for p in root.iterdir()
-            if p.is_dir() and _JOB_ID_RE.fullmatch(p.name) and (p / _MARKER_FILE).is_file()]
+    return [p for p in root.iterdir() if p.is_dir() and _JOB_ID_RE.fullmatch(p.name) and (p / _MARKER_FILE).is_file()]
 
 
 def _last_activity(folder: Path) -> float:
@@ -379,8 +391,9 @@ def _last_activity(folder: Path) -> float:
     return max(times)
 
 
-def cleanup_jobs(cfg: JobConfig, *, protected: frozenset[str] | set[str] = frozenset(),
-                 now: float | None = None) -> list[str]:
+def cleanup_jobs(
+    cfg: JobConfig, *, protected: frozenset[str] | set[str] = frozenset(), now: float | None = None
+) -> list[str]:
     """Delete old jobs below ``cfg.output_root``; returns the deleted ids.
 
     First every job whose last activity is older than ``cfg.max_age_hours``, then the least
@@ -561,9 +574,18 @@ def _images_info(scene: Scene) -> list[dict[str, Any]]:
     ]
 
 
-def write_manifest(job: Job, *, cfg: AppConfig, engine: str, status: str, timings: Mapping[str, float],
-                   scene: Scene | None = None, error: str | None = None,
-                   files: Mapping[str, Path] | None = None, extra: Mapping[str, Any] | None = None) -> Path:
+def write_manifest(
+    job: Job,
+    *,
+    cfg: AppConfig,
+    engine: str,
+    status: str,
+    timings: Mapping[str, float],
+    scene: Scene | None = None,
+    error: str | None = None,
+    files: Mapping[str, Path] | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
     """Write ``job.dir/manifest.json`` (atomic). Keys:
 
     ``job_id``, ``created`` (UTC ISO time), ``status`` (``done``/``failed``), ``engine``,
@@ -610,8 +632,9 @@ def read_manifest(job: Job) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def update_manifest(job: Job, *, files: Mapping[str, Path] | None = None,
-                    timings: Mapping[str, float] | None = None, **updates: Any) -> Path:
+def update_manifest(
+    job: Job, *, files: Mapping[str, Path] | None = None, timings: Mapping[str, float] | None = None, **updates: Any
+) -> Path:
     """Merge into the job's manifest: ``files`` (added, relative to the job), ``timings`` (added to
     ``timings_s``) and any other top-level keys (replaced). Atomic write."""
     data = read_manifest(job)
@@ -643,8 +666,10 @@ def _quality_warnings(scene: Scene, post_cfg: PostprocessConfig) -> list[str]:
     for name, conf in zip(scene.names, scene.conf, strict=True):
         frac = float(np.mean(conf > post_cfg.min_conf_thr)) if conf.size else 0.0
         if frac < 0.05:
-            out.append(f"{name}: only {frac:.0%} of its pixels are confident (confidence > "
-                       f"{post_cfg.min_conf_thr:g}); that view is probably poorly reconstructed")
+            out.append(
+                f"{name}: only {frac:.0%} of its pixels are confident (confidence > "
+                f"{post_cfg.min_conf_thr:g}); that view is probably poorly reconstructed"
+            )
     return out
 
 
@@ -663,8 +688,13 @@ def scene_masks(scene: Scene, post_cfg: PostprocessConfig) -> tuple[np.ndarray, 
 # --------------------------------------------------------------------------------------------
 
 
-def _run_job(job: Job, cfg: AppConfig, engine: str, clock: StageClock,
-             body: Callable[[], tuple[Scene, Path | None, dict[str, Any]]]) -> Result:
+def _run_job(
+    job: Job,
+    cfg: AppConfig,
+    engine: str,
+    clock: StageClock,
+    body: Callable[[], tuple[Scene, Path | None, dict[str, Any]]],
+) -> Result:
     """Run ``body() -> (scene, pairs_path, extra)`` as a job: running flag, scene.npz, manifest."""
     t0 = time.perf_counter()
     running = job.dir / _RUNNING_FILE
@@ -674,14 +704,14 @@ def _run_job(job: Job, cfg: AppConfig, engine: str, clock: StageClock,
         scene, pairs_path, extra = body()
         scene = _add_warnings(scene, _quality_warnings(scene, cfg.postprocess))
         clock("outputs", 0, 1)
-        export_scene(scene, scene_masks(scene, cfg.postprocess), job.dir, ("npz",),
-                     post_cfg=cfg.postprocess, viz_cfg=cfg.viz)
+        export_scene(
+            scene, scene_masks(scene, cfg.postprocess), job.dir, ("npz",), post_cfg=cfg.postprocess, viz_cfg=cfg.viz
+        )
         clock("outputs", 1, 1)
     except BaseException as e:
         timings = clock.finish()
         timings["total"] = round(time.perf_counter() - t0, 4)
-        write_manifest(job, cfg=cfg, engine=engine, status="failed", timings=timings,
-                       error=f"{type(e).__name__}: {e}")
+        write_manifest(job, cfg=cfg, engine=engine, status="failed", timings=timings, error=f"{type(e).__name__}: {e}")
         raise
     finally:
         running.unlink(missing_ok=True)
@@ -690,16 +720,21 @@ def _run_job(job: Job, cfg: AppConfig, engine: str, clock: StageClock,
     files = {"scene": job.scene_path}
     if pairs_path is not None and Path(pairs_path).is_relative_to(job.dir):
         files["pairs"] = Path(pairs_path)
-    write_manifest(job, cfg=cfg, engine=engine, status="done", timings=timings, scene=scene, files=files,
-                   extra=extra)
+    write_manifest(job, cfg=cfg, engine=engine, status="done", timings=timings, scene=scene, files=files, extra=extra)
     for w in scene.warnings:
         logger.warning("%s", w)
     return Result(scene=scene, job=job, engine=engine, timings=timings, pairs_path=pairs_path, settings=cfg)
 
 
-def reconstruct(image_paths: Sequence[str | Path], cfg: AppConfig, *, engine: str = "dust3r",
-                job: Job | None = None, progress: ProgressFn | None = None,
-                engines: Mapping[str, Engine] | None = None) -> Result:
+def reconstruct(
+    image_paths: Sequence[str | Path],
+    cfg: AppConfig,
+    *,
+    engine: str = "dust3r",
+    job: Job | None = None,
+    progress: ProgressFn | None = None,
+    engines: Mapping[str, Engine] | None = None,
+) -> Result:
     """Images -> aligned scene, as a job (see the module docstring).
 
     image_paths: files and/or folders (a folder = its images in sorted name order).
@@ -756,8 +791,14 @@ def _with_manifest_info(scene: Scene, info: Sequence[Mapping[str, Any]]) -> Scen
         return scene
 
 
-def realign(pairs_npz: str | Path, cfg: AppConfig, *, job: Job | None = None, progress: ProgressFn | None = None,
-            like: Scene | None = None) -> Result:
+def realign(
+    pairs_npz: str | Path,
+    cfg: AppConfig,
+    *,
+    job: Job | None = None,
+    progress: ProgressFn | None = None,
+    like: Scene | None = None,
+) -> Result:
     """Global alignment (and the scene outputs) again from saved pair predictions; no network.
 
     pairs_npz: a file in the reference fixture key layout (``PairPredictions.save_npz``); images
@@ -778,8 +819,12 @@ def realign(pairs_npz: str | Path, cfg: AppConfig, *, job: Job | None = None, pr
         clock("align", 0, cfg.alignment.niter)
         scene = align(preds, cfg.alignment, device=device, progress=clock)
         if like is not None and like.n_views == scene.n_views:
-            scene = dataclasses.replace(scene, names=like.names, original_sizes=like.original_sizes,
-                                        original_from_processed=like.original_from_processed)
+            scene = dataclasses.replace(
+                scene,
+                names=like.names,
+                original_sizes=like.original_sizes,
+                original_from_processed=like.original_from_processed,
+            )
         else:
             info = _image_info_from_manifest(pairs_npz)
             if info is not None:
@@ -806,8 +851,14 @@ def _new_export_dir(job: Job) -> Path:
     return folder
 
 
-def export(result: Result, post_cfg: PostprocessConfig, viz_cfg: VizConfig, formats: Sequence[str], *,
-           out_dir: str | Path | None = None) -> dict[str, Path]:
+def export(
+    result: Result,
+    post_cfg: PostprocessConfig,
+    viz_cfg: VizConfig,
+    formats: Sequence[str],
+    *,
+    out_dir: str | Path | None = None,
+) -> dict[str, Path]:
     """Write the scene's outputs with these display settings; nothing is re-run.
 
     formats: names from :data:`core.export.EXPORT_FORMATS` (``glb``, ``ply``, ``obj``, ``colmap``,
@@ -871,18 +922,40 @@ class Pipeline:
         cleanup_jobs(cfg.jobs, protected=protected)
         return create_job(cfg.jobs.output_root)
 
-    def reconstruct(self, image_paths: Sequence[str | Path], cfg: AppConfig, *, engine: str = "dust3r",
-                    job: Job | None = None, progress: ProgressFn | None = None) -> Result:
+    def reconstruct(
+        self,
+        image_paths: Sequence[str | Path],
+        cfg: AppConfig,
+        *,
+        engine: str = "dust3r",
+        job: Job | None = None,
+        progress: ProgressFn | None = None,
+    ) -> Result:
         return reconstruct(image_paths, cfg, engine=engine, job=job, progress=progress, engines=self.engines)
 
-    def realign(self, pairs_npz: str | Path, cfg: AppConfig, *, job: Job | None = None,
-                progress: ProgressFn | None = None, like: Scene | None = None) -> Result:
+    def realign(
+        self,
+        pairs_npz: str | Path,
+        cfg: AppConfig,
+        *,
+        job: Job | None = None,
+        progress: ProgressFn | None = None,
+        like: Scene | None = None,
+    ) -> Result:
         return realign(pairs_npz, cfg, job=job, progress=progress, like=like)
 
-    def export(self, result: Result, post_cfg: PostprocessConfig, viz_cfg: VizConfig, formats: Sequence[str], *,
-               out_dir: str | Path | None = None) -> dict[str, Path]:
+    def export(
+        self,
+        result: Result,
+        post_cfg: PostprocessConfig,
+        viz_cfg: VizConfig,
+        formats: Sequence[str],
+        *,
+        out_dir: str | Path | None = None,
+    ) -> dict[str, Path]:
         return export(result, post_cfg, viz_cfg, formats, out_dir=out_dir)
 
-    def render_views(self, result: Result, viz_cfg: VizConfig, *,
-                     conf_threshold: float | None = None) -> list[tuple[Path, str]]:
+    def render_views(
+        self, result: Result, viz_cfg: VizConfig, *, conf_threshold: float | None = None
+    ) -> list[tuple[Path, str]]:
         return render_views(result, viz_cfg, conf_threshold=conf_threshold)

@@ -65,8 +65,12 @@ def run_baseline(inp: al._Inputs, raw: al._RawParams, cfg: AlignmentConfig, *, s
         t = t.reshape(-1, *t.shape[2:])
         return torch.cat((t, t.new_zeros((max_area - len(t),) + t.shape[1:])))
 
-    grid = torch.stack([pad(torch.stack(torch.meshgrid(torch.arange(w_), torch.arange(h_), indexing="xy"), -1).float())
-                        for h_, w_ in shapes])  # (N, A, 2)
+    grid = torch.stack(
+        [
+            pad(torch.stack(torch.meshgrid(torch.arange(w_), torch.arange(h_), indexing="xy"), -1).float())
+            for h_, w_ in shapes
+        ]
+    )  # (N, A, 2)
     pp = torch.tensor([(w_ / 2, h_ / 2) for h_, w_ in shapes])
     pred_i = [p.reshape(-1, 3) for p in inp.pred1]
     pred_j = [p.reshape(-1, 3) for p in inp.pred2]
@@ -131,7 +135,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-baseline", action="store_true", help="only run ours")
     ap.add_argument("--baseline", choices=["loop", "stacked", "both"], default="both", help="which baseline rows")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--es-tol", type=float, default=AlignmentConfig().early_stop_tol, help="early_stop_tol for the early-stop row")
+    ap.add_argument(
+        "--es-tol", type=float, default=AlignmentConfig().early_stop_tol, help="early_stop_tol for the early-stop row"
+    )
     ap.add_argument("--es-patience", type=int, default=30, help="early_stop_patience for the early-stop row")
     ap.add_argument("--es-anneal", type=int, default=60, help="early_stop_anneal for the early-stop row")
     args = ap.parse_args(argv)
@@ -139,11 +145,18 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     w, h = (int(x) for x in args.size.lower().split("x"))
     cfg = AlignmentConfig(niter=args.iters, schedule="linear", lr=0.01, lr_min=1e-6)
-    cfg_es = dataclasses.replace(cfg, early_stop=True, early_stop_tol=args.es_tol,
-                                 early_stop_patience=args.es_patience, early_stop_anneal=args.es_anneal)
-    print(f"# global alignment, {w}x{h}, {args.iters} iterations, linear schedule, torch threads "
-          f"{torch.get_num_threads()}; early stop: tol {args.es_tol:g}, patience {args.es_patience}, "
-          f"anneal {args.es_anneal}")
+    cfg_es = dataclasses.replace(
+        cfg,
+        early_stop=True,
+        early_stop_tol=args.es_tol,
+        early_stop_patience=args.es_patience,
+        early_stop_anneal=args.es_anneal,
+    )
+    print(
+        f"# global alignment, {w}x{h}, {args.iters} iterations, linear schedule, torch threads "
+        f"{torch.get_num_threads()}; early stop: tol {args.es_tol:g}, patience {args.es_patience}, "
+        f"anneal {args.es_anneal}"
+    )
     print(f"{'views':>5} {'pairs':>5} {'method':<17} {'seconds':>8} {'iters':>5} {'final loss':>12} {'vs ours':>8}")
     for n in args.views:
         preds, _ = make_scene([(h, w)] * n, seed=args.seed)
@@ -169,10 +182,14 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{n:>5} {len(inp.edges):>5} {'(mst init, once)':<17} {t_init:8.2f}")
         for name, secs, _, loss in rows:
             if name.startswith("baseline"):
-                print(f"#   ours / {name}: time ratio {t_ours / secs:.3f}, loss rel. diff "
-                      f"{abs(res.final_loss - loss) / abs(loss):.2e}")
-        print(f"#   early stop: {res_es.iterations} iterations, loss {res_es.final_loss:.6g} "
-              f"({(res_es.final_loss - res.final_loss) / res.final_loss:+.3%} vs full run)")
+                print(
+                    f"#   ours / {name}: time ratio {t_ours / secs:.3f}, loss rel. diff "
+                    f"{abs(res.final_loss - loss) / abs(loss):.2e}"
+                )
+        print(
+            f"#   early stop: {res_es.iterations} iterations, loss {res_es.final_loss:.6g} "
+            f"({(res_es.final_loss - res.final_loss) / res.final_loss:+.3%} vs full run)"
+        )
 
 
 if __name__ == "__main__":

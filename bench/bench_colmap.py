@@ -98,8 +98,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", help="comma-separated subset (file names or stems), e.g. 0003,0004,0005")
     parser.add_argument("--mapper", choices=["global", "incremental"], default="global")
     parser.add_argument("--matcher", choices=["auto", "exhaustive", "sequential"], default="auto")
-    parser.add_argument("--camera-model", default="SIMPLE_RADIAL",
-                        choices=["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"])
+    parser.add_argument(
+        "--camera-model",
+        default="SIMPLE_RADIAL",
+        choices=["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"],
+    )
     parser.add_argument("--max-image-size", type=int, default=ColmapConfig.max_image_size)
     parser.add_argument("--threads", type=int, default=0, help="0 = every available core")
     parser.add_argument("--job-dir", type=Path, help="keep COLMAP's files here (default: a temporary folder)")
@@ -112,8 +115,15 @@ def main(argv: list[str] | None = None) -> int:
         import pycolmap
 
         pycolmap.logging.minloglevel = 2  # COLMAP's glog: errors only
-    cfg = AppConfig(colmap=ColmapConfig(mapper=args.mapper, matcher=args.matcher, camera_model=args.camera_model,
-                                        max_image_size=args.max_image_size, num_threads=args.threads))
+    cfg = AppConfig(
+        colmap=ColmapConfig(
+            mapper=args.mapper,
+            matcher=args.matcher,
+            camera_model=args.camera_model,
+            max_image_size=args.max_image_size,
+            num_threads=args.threads,
+        )
+    )
     if args.job_dir is not None:
         args.job_dir.mkdir(parents=True, exist_ok=True)
         res = run(args.dataset, args.images, cfg, args.job_dir)
@@ -130,7 +140,10 @@ def main(argv: list[str] | None = None) -> int:
         ("registered", f"{res['registered']} / {res['images']}"),
         ("3D points", f"{res['points']} (mean track length {res['track_len']:.2f})"),
         ("mean reprojection error", f"{res['reproj_px']:.3f} px"),
-        ("relative rotation error", f"median {res['rot_err_median_deg']:.3f} deg, max {res['rot_err_max_deg']:.3f} deg"),
+        (
+            "relative rotation error",
+            f"median {res['rot_err_median_deg']:.3f} deg, max {res['rot_err_max_deg']:.3f} deg",
+        ),
         ("focal length error", f"median {res['focal_err_median_pct']:.2f} %"),
         ("time: features", f"{s['features']:.2f} s"),
         ("time: matching", f"{s['matching']:.2f} s"),

@@ -374,7 +374,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N (default auto)")
     parser.add_argument("--images", default="3,8", help="comma list of image counts (default 3,8)")
     parser.add_argument("--size", type=_parse_size, default=(512, 384), help="WxH of the inputs (default 512x384)")
-    parser.add_argument("--batch-size", type=int, default=0, help="our batch size (default 0 = auto: 8 on CUDA, 1 on CPU)")
+    parser.add_argument(
+        "--batch-size", type=int, default=0, help="our batch size (default 0 = auto: 8 on CUDA, 1 on CPU)"
+    )
     parser.add_argument("--skip-baseline", action="store_true", help="do not run the reference-style loop")
     parser.add_argument(
         "--baseline-pairs",
@@ -411,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
     if not counts or min(counts) < 2:
         parser.error(f"--images needs counts >= 2, got {args.images!r}")
     if args.reference_repo and not (Path(args.reference_repo) / "dust3r" / "inference.py").is_file():
-        parser.error(f"--reference-repo {args.reference_repo!r} is not a clone of naver/dust3r (no dust3r/inference.py)")
+        parser.error(
+            f"--reference-repo {args.reference_repo!r} is not a clone of naver/dust3r (no dust3r/inference.py)"
+        )
     modes = [
-        m
-        for m in MODES
-        if not (args.skip_baseline and m == "baseline") and (m != "reference" or args.reference_repo)
+        m for m in MODES if not (args.skip_baseline and m == "baseline") and (m != "reference" or args.reference_repo)
     ]
     with tempfile.TemporaryDirectory(prefix="bench_inference_") as tmp:
         args.outputs_dir = tmp
@@ -447,7 +449,9 @@ def _table(args: argparse.Namespace, counts: list[int], modes: list[str]) -> Non
             print(_row(r, base), flush=True)
         if args.reference_repo:
             for mode in modes[1:]:
-                dev = _max_deviation(Path(args.outputs_dir) / f"{mode}-{n}.npz", Path(args.outputs_dir) / f"reference-{n}.npz")
+                dev = _max_deviation(
+                    Path(args.outputs_dir) / f"{mode}-{n}.npz", Path(args.outputs_dir) / f"reference-{n}.npz"
+                )
                 if dev is not None:
                     print(
                         f"  {mode} vs reference outputs (the pairs both ran): max |diff| / max |ref|: "

@@ -107,7 +107,9 @@ def write_checkpoints(folder: Path, seed: int) -> dict[str, Path]:
             p.normal_(0.0, 0.02)
     hub = folder / "hub_format"
     hub.mkdir()
-    (hub / "config.json").write_text(json.dumps(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"], sort_keys=True, indent=2))  # bare Infinity
+    (hub / "config.json").write_text(
+        json.dumps(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"], sort_keys=True, indent=2)
+    )  # bare Infinity
     save_model(net, str(hub / "model.safetensors"))  # drops alias tensors, records them in metadata
     pth = folder / "checkpoint.pth"
     torch.save({"model": net.state_dict(), "args": argparse.Namespace(model=CONSTRUCTOR_512_DPT)}, pth)

@@ -161,9 +161,7 @@ def _prepare_inputs(preds: PairPredictions, device: torch.device) -> _Inputs:
     missing = [k for k in range(n) if k not in seen]
     if missing:
         raise AlignmentError(f"image(s) {', '.join(f'{k} ({names[k]})' for k in missing)} appear in no pair")
-    adjacency = sp.coo_array(
-        (np.ones(len(edges)), ([i for i, _ in edges], [j for _, j in edges])), shape=(n, n)
-    )
+    adjacency = sp.coo_array((np.ones(len(edges)), ([i for i, _ in edges], [j for _, j in edges])), shape=(n, n))
     n_comp, labels = connected_components(adjacency, directed=False)
     if n_comp > 1:
         groups = [[names[k] for k in range(n) if labels[k] == c] for c in range(n_comp)]
@@ -254,7 +252,9 @@ def _check_focals(focals: list[float | None], inp: _Inputs) -> None:
         )
 
 
-def _pnp_pose(pts3d: torch.Tensor, mask: torch.Tensor, focal: float | None, iterations: int) -> tuple[float, np.ndarray] | None:
+def _pnp_pose(
+    pts3d: torch.Tensor, mask: torch.Tensor, focal: float | None, iterations: int
+) -> tuple[float, np.ndarray] | None:
     """Pose (world_from_cam, float64) of the camera that sees ``pts3d`` (H, W, 3), by RANSAC PnP.
 
     focal None: try 21 focal lengths between S/2 and 3S (S = max(H, W)), keep the most inliers.
@@ -391,11 +391,17 @@ class _RawParams:
     """(E, 8) per pair: quaternion XYZW, signed-log1p(T / s), log s."""
 
     def clone(self) -> _RawParams:
-        return _RawParams(*(t.detach().clone() for t in (self.im_depthmaps, self.im_poses, self.im_focals, self.pw_poses)))
+        return _RawParams(
+            *(t.detach().clone() for t in (self.im_depthmaps, self.im_poses, self.im_focals, self.pw_poses))
+        )
 
     def to(self, device: torch.device) -> _RawParams:
-        return _RawParams(*(t.detach().to(device=device, dtype=torch.float32) for t in
-                            (self.im_depthmaps, self.im_poses, self.im_focals, self.pw_poses)))
+        return _RawParams(
+            *(
+                t.detach().to(device=device, dtype=torch.float32)
+                for t in (self.im_depthmaps, self.im_poses, self.im_focals, self.pw_poses)
+            )
+        )
 
 
 @dataclass
@@ -481,7 +487,10 @@ def _initialize(
         pw_poses=pw,
     )
     return _InitResult(
-        mst=mst, raw=raw, norm_pw_scale=norm_pw_scale, fixed_poses=tuple(sorted(known_poses)),
+        mst=mst,
+        raw=raw,
+        norm_pw_scale=norm_pw_scale,
+        fixed_poses=tuple(sorted(known_poses)),
         warnings=list(mst.warnings),
     )
 
@@ -553,11 +562,17 @@ class _Problem:
             weights = torch.stack([w.reshape(area) for w in wts])  # (K, A)
             chunk = area if dev.type != "cpu" else max(1024, _CPU_CHUNK_ELEMS // k)
             chunks = [
-                (a0, min(a0 + chunk, area), planar[:, :, a0 : a0 + chunk].contiguous(),
-                 weights[:, a0 : a0 + chunk].contiguous())
+                (
+                    a0,
+                    min(a0 + chunk, area),
+                    planar[:, :, a0 : a0 + chunk].contiguous(),
+                    weights[:, a0 : a0 + chunk].contiguous(),
+                )
                 for a0 in range(0, area, chunk)
             ]
-            self.groups.append(_Group(image=g, sides=slice(start, len(side_edge)), offset=self.offsets[g], chunks=chunks))
+            self.groups.append(
+                _Group(image=g, sides=slice(start, len(side_edge)), offset=self.offsets[g], chunks=chunks)
+            )
         self.side_edge = torch.tensor(side_edge, device=dev)
         self.side_img = torch.tensor(side_img, device=dev)
         self.device = dev
@@ -754,7 +769,13 @@ def _optimize_from_raw(
 
     def evaluate(with_grad: bool) -> torch.Tensor:
         return _evaluate(
-            prob, logd, im_poses, pw_poses, focal_param, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal,
+            prob,
+            logd,
+            im_poses,
+            pw_poses,
+            focal_param,
+            norm_pw_scale=norm_pw_scale,
+            shared_focal=shared_focal,
             with_grad=with_grad,
         )
 
@@ -801,7 +822,10 @@ def _optimize_from_raw(
                 frac = (it - tail_start) / (n_total - tail_start)
                 progress("align", tail_start + round(frac * (cfg.niter - tail_start)), cfg.niter)
         if (
-            cfg.early_stop and tail_start is None and it >= 2 * patience and it + anneal < cfg.niter
+            cfg.early_stop
+            and tail_start is None
+            and it >= 2 * patience
+            and it + anneal < cfg.niter
             and _plateaued(history, patience, cfg.early_stop_tol)
         ):
             tail_start, tail_lr0, n_total = it, lr, it + anneal
@@ -823,7 +847,9 @@ def _optimize_from_raw(
     )
 
 
-def _decode(raw: _RawParams, shapes: tuple[tuple[int, int], ...]) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+def _decode(
+    raw: _RawParams, shapes: tuple[tuple[int, int], ...]
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
     """Raw parameters -> world_from_cam (N, 4, 4), focals (N,), N depth maps (H, W)."""
     q = raw.im_poses[:, :4] / raw.im_poses[:, :4].norm(dim=-1, keepdim=True)
     poses = torch.eye(4, device=raw.im_poses.device).repeat(len(shapes), 1, 1)
@@ -960,9 +986,15 @@ def align(
             init = _initialize(inp, cfg, known_f, known_p)
             warnings += init.warnings
             opt = _optimize_from_raw(
-                inp, init.raw, cfg, norm_pw_scale=init.norm_pw_scale, fixed_poses=init.fixed_poses,
-                fixed_focal=known_f is not None, shared_focal=cfg.shared_focal and known_f is None,
-                progress=progress, cancel=cancel,
+                inp,
+                init.raw,
+                cfg,
+                norm_pw_scale=init.norm_pw_scale,
+                fixed_poses=init.fixed_poses,
+                fixed_focal=known_f is not None,
+                shared_focal=cfg.shared_focal and known_f is None,
+                progress=progress,
+                cancel=cancel,
             )
             poses, focals, depths = _decode(opt.raw, inp.shapes)
             for k, pose in known_p.items():
@@ -979,9 +1011,7 @@ def align(
             }
     extra["seconds"] = time.perf_counter() - t0
     scene = _make_scene(preds, inp, poses, focals, depths, final_loss, warnings, extra)
-    logger.info(
-        "aligned %d views (%s) in %.2f s, final loss %s", inp.n, extra["method"], extra["seconds"], final_loss
-    )
+    logger.info("aligned %d views (%s) in %.2f s, final loss %s", inp.n, extra["method"], extra["seconds"], final_loss)
     return scene
 
 
@@ -998,9 +1028,14 @@ def _make_scene(
     pps = torch.tensor([(w / 2, h / 2) for h, w in inp.shapes], dtype=torch.float32, device=inp.device)
     pts3d = [depth_to_world_points(d, focals[k], pps[k], poses[k]) for k, d in enumerate(depths)]
     bad = [
-        inp.label(k) for k in range(inp.n)
-        if not (torch.isfinite(poses[k]).all() and torch.isfinite(focals[k]) and torch.isfinite(depths[k]).all()
-                and torch.isfinite(pts3d[k]).all())
+        inp.label(k)
+        for k in range(inp.n)
+        if not (
+            torch.isfinite(poses[k]).all()
+            and torch.isfinite(focals[k])
+            and torch.isfinite(depths[k]).all()
+            and torch.isfinite(pts3d[k]).all()
+        )
     ]
     if bad or (final_loss is not None and not math.isfinite(final_loss)):
         raise AlignmentError(f"global alignment produced non-finite values for image(s) {', '.join(bad) or '-'}")

@@ -211,15 +211,19 @@ def _prepare_image(path: Path, index: int, out_dir: Path, cfg: ColmapConfig, max
     if not path.is_file():
         raise ImageLoadError(f"{name}: file not found ({path})", filename=name)
     if path.suffix.lower() in (".heic", ".heif", ".hif") and not heif_available():
-        raise ImageLoadError(f"{name}: HEIC/HEIF images need the pillow-heif package (pip install pillow-heif), "
-                             "or convert the file to JPEG or PNG", filename=name)
+        raise ImageLoadError(
+            f"{name}: HEIC/HEIF images need the pillow-heif package (pip install pillow-heif), "
+            "or convert the file to JPEG or PNG",
+            filename=name,
+        )
     stem = f"{index:04d}_{_safe_stem(path.stem)}"
     try:
         with Image.open(path) as im:
             w, h = im.size
             if w * h > max_pixels:
-                raise ImageLoadError(f"{name}: {w}x{h} has more than {max_pixels} pixels "
-                                     "(PreprocessConfig.max_pixels)", filename=name)
+                raise ImageLoadError(
+                    f"{name}: {w}x{h} has more than {max_pixels} pixels (PreprocessConfig.max_pixels)", filename=name
+                )
             orientation = im.getexif().get(0x0112, 1)
             fmt = im.format or ""
             passthrough = (
@@ -280,8 +284,14 @@ def _call(stage: str, fn: Callable, *args, **kwargs):
         raise ColmapError(f"COLMAP {stage} failed: {e}") from e
 
 
-def _extract(db_path: Path, image_dir: Path, names: Sequence[str], cfg: ColmapConfig, threads: int,
-             on_image: Callable[[int], None]) -> None:
+def _extract(
+    db_path: Path,
+    image_dir: Path,
+    names: Sequence[str],
+    cfg: ColmapConfig,
+    threads: int,
+    on_image: Callable[[int], None],
+) -> None:
     reader = pycolmap.ImageReaderOptions()
     reader.camera_model = cfg.camera_model
     options = pycolmap.FeatureExtractionOptions()
@@ -291,15 +301,30 @@ def _extract(db_path: Path, image_dir: Path, names: Sequence[str], cfg: ColmapCo
     options.sift.max_num_features = cfg.max_num_features
     # All images are imported in one call first: the AUTO camera mode then shares one camera
     # between images of equal size and EXIF focal length (separate calls would not).
-    _call("image import", pycolmap.import_images, db_path, image_dir, camera_mode=pycolmap.CameraMode.AUTO,
-          image_names=list(names), options=reader)
+    _call(
+        "image import",
+        pycolmap.import_images,
+        db_path,
+        image_dir,
+        camera_mode=pycolmap.CameraMode.AUTO,
+        image_names=list(names),
+        options=reader,
+    )
     # Batches of `threads` images: COLMAP extracts one image per thread, so this keeps every core
     # busy while progress still moves.
     for start in range(0, len(names), threads):
-        batch = list(names[start:start + threads])
-        _call("feature extraction", pycolmap.extract_features, db_path, image_dir, image_names=batch,
-              camera_mode=pycolmap.CameraMode.AUTO, reader_options=reader, extraction_options=options,
-              device=pycolmap.Device.cpu)
+        batch = list(names[start : start + threads])
+        _call(
+            "feature extraction",
+            pycolmap.extract_features,
+            db_path,
+            image_dir,
+            image_names=batch,
+            camera_mode=pycolmap.CameraMode.AUTO,
+            reader_options=reader,
+            extraction_options=options,
+            device=pycolmap.Device.cpu,
+        )
         on_image(start + len(batch))
 
 
@@ -331,16 +356,35 @@ def _match(db_path: Path, matcher: str, cfg: ColmapConfig, threads: int) -> None
     verification = pycolmap.TwoViewGeometryOptions()
     verification.ransac.random_seed = _SEED
     if matcher == "exhaustive":
-        _call("matching", pycolmap.match_exhaustive, db_path, matching_options=options,
-              verification_options=verification, device=pycolmap.Device.cpu)
+        _call(
+            "matching",
+            pycolmap.match_exhaustive,
+            db_path,
+            matching_options=options,
+            verification_options=verification,
+            device=pycolmap.Device.cpu,
+        )
     else:
-        _call("matching", pycolmap.match_sequential, db_path, matching_options=options,
-              pairing_options=_sequential_options(cfg, threads), verification_options=verification,
-              device=pycolmap.Device.cpu)
+        _call(
+            "matching",
+            pycolmap.match_sequential,
+            db_path,
+            matching_options=options,
+            pairing_options=_sequential_options(cfg, threads),
+            verification_options=verification,
+            device=pycolmap.Device.cpu,
+        )
 
 
-def _map(db_path: Path, image_dir: Path, out_dir: Path, mapper: str, n_images: int, threads: int,
-         on_registered: Callable[[int], None]) -> dict:
+def _map(
+    db_path: Path,
+    image_dir: Path,
+    out_dir: Path,
+    mapper: str,
+    n_images: int,
+    threads: int,
+    on_registered: Callable[[int], None],
+) -> dict:
     """Run the mapper -> {model index: pycolmap.Reconstruction} (possibly empty)."""
     if mapper == "global":
         options = pycolmap.GlobalPipelineOptions()
@@ -369,8 +413,16 @@ def _map(db_path: Path, image_dir: Path, out_dir: Path, mapper: str, n_images: i
         on_registered(min(count[0], n_images))
 
     on_registered(0)
-    return _call("incremental mapping", pycolmap.incremental_mapping, db_path, image_dir, out_dir, options,
-                 initial_image_pair_callback=initial_pair, next_image_callback=next_image)
+    return _call(
+        "incremental mapping",
+        pycolmap.incremental_mapping,
+        db_path,
+        image_dir,
+        out_dir,
+        options,
+        initial_image_pair_callback=initial_pair,
+        next_image_callback=next_image,
+    )
 
 
 def _max_distortion_px(camera) -> float:
@@ -381,7 +433,9 @@ def _max_distortion_px(camera) -> float:
     corners = np.array([[0, 0], [w, 0], [0, h], [w, h], [w / 2, 0], [0, h / 2]], np.float64)
     normalized = np.asarray(camera.cam_from_img(corners), np.float64)  # (6, 2) undistorted
     pinhole = normalized * [camera.focal_length_x, camera.focal_length_y] + [
-        camera.principal_point_x, camera.principal_point_y]
+        camera.principal_point_x,
+        camera.principal_point_y,
+    ]
     err = np.linalg.norm(pinhole - corners, axis=1)
     return float(np.nanmax(err)) if np.isfinite(err).any() else float("inf")
 
@@ -399,8 +453,10 @@ class ColmapEngine:
     def availability(self) -> str | None:
         """None when pycolmap imports, else how to install it."""
         if pycolmap is None:
-            return (f"The COLMAP engine needs the pycolmap package, which could not be imported "
-                    f"({_PYCOLMAP_IMPORT_ERROR}); install it with: pip install pycolmap")
+            return (
+                f"The COLMAP engine needs the pycolmap package, which could not be imported "
+                f"({_PYCOLMAP_IMPORT_ERROR}); install it with: pip install pycolmap"
+            )
         return None
 
     def reconstruct(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path, progress: ProgressFn) -> Scene:
@@ -438,15 +494,22 @@ class ColmapEngine:
         progress(STAGE_FEATURES, 0, n)
         prepared = [_prepare_image(p, k, image_dir, ccfg, cfg.preprocess.max_pixels) for k, p in enumerate(paths)]
         _call("database creation", pycolmap.Database.open, db_path).close()
-        _extract(db_path, image_dir, [p.colmap_name for p in prepared], ccfg, threads,
-                 lambda k: progress(STAGE_FEATURES, k, n))
+        _extract(
+            db_path,
+            image_dir,
+            [p.colmap_name for p in prepared],
+            ccfg,
+            threads,
+            lambda k: progress(STAGE_FEATURES, k, n),
+        )
         seconds["features"] = time.perf_counter() - t0
         with pycolmap.Database.open(db_path) as db:
             by_name = {im.name: im.image_id for im in db.read_all_images()}
-            n_keypoints = {p.colmap_name: db.num_keypoints_for_image(by_name[p.colmap_name])
-                           if p.colmap_name in by_name else 0 for p in prepared}  # 0: COLMAP could not read it
-        logger.info("colmap: %d SIFT features in %d images (%.1f s)", sum(n_keypoints.values()), n,
-                    seconds["features"])
+            n_keypoints = {
+                p.colmap_name: db.num_keypoints_for_image(by_name[p.colmap_name]) if p.colmap_name in by_name else 0
+                for p in prepared
+            }  # 0: COLMAP could not read it
+        logger.info("colmap: %d SIFT features in %d images (%.1f s)", sum(n_keypoints.values()), n, seconds["features"])
 
         # 2. Matching and geometric verification.
         t0 = time.perf_counter()
@@ -457,15 +520,15 @@ class ColmapEngine:
         with pycolmap.Database.open(db_path) as db:
             n_verified = db.num_verified_image_pairs()
         seconds["matching"] = time.perf_counter() - t0
-        logger.info("colmap: %s matching, %d pairs, %d verified (%.1f s)", matcher, n_pairs, n_verified,
-                    seconds["matching"])
+        logger.info(
+            "colmap: %s matching, %d pairs, %d verified (%.1f s)", matcher, n_pairs, n_verified, seconds["matching"]
+        )
         if n_verified == 0:
             raise ColmapError(self._too_few_message(prepared, 0, n_keypoints, "no image pair could be matched"))
 
         # 3. Mapping.
         t0 = time.perf_counter()
-        models = _map(db_path, image_dir, sparse_dir, ccfg.mapper, n, threads,
-                      lambda k: progress(STAGE_MAPPING, k, n))
+        models = _map(db_path, image_dir, sparse_dir, ccfg.mapper, n, threads, lambda k: progress(STAGE_MAPPING, k, n))
         seconds["mapping"] = time.perf_counter() - t0
         best_key = max(models, key=lambda k: models[k].num_reg_images(), default=None)
         rec = models[best_key] if best_key is not None else None
@@ -473,38 +536,74 @@ class ColmapEngine:
         progress(STAGE_MAPPING, n_reg, n)
         if rec is None or n_reg < 2:
             raise ColmapError(self._too_few_message(prepared, n_reg, n_keypoints, "mapping failed"))
-        logger.info("colmap: %s mapping registered %d/%d images, %d points (%.1f s)", ccfg.mapper, n_reg, n,
-                    rec.num_points3D(), seconds["mapping"])
-        return self._scene(rec, prepared, image_dir, sparse_dir / str(best_key), models, ccfg,
-                           matcher=matcher, seconds=seconds, n_pairs=n_pairs, n_verified=n_verified,
-                           n_keypoints=n_keypoints)
+        logger.info(
+            "colmap: %s mapping registered %d/%d images, %d points (%.1f s)",
+            ccfg.mapper,
+            n_reg,
+            n,
+            rec.num_points3D(),
+            seconds["mapping"],
+        )
+        return self._scene(
+            rec,
+            prepared,
+            image_dir,
+            sparse_dir / str(best_key),
+            models,
+            ccfg,
+            matcher=matcher,
+            seconds=seconds,
+            n_pairs=n_pairs,
+            n_verified=n_verified,
+            n_keypoints=n_keypoints,
+        )
 
     @staticmethod
-    def _too_few_message(prepared: Sequence[_PreparedImage], n_reg: int, n_keypoints: dict[str, int],
-                         reason: str) -> str:
+    def _too_few_message(
+        prepared: Sequence[_PreparedImage], n_reg: int, n_keypoints: dict[str, int], reason: str
+    ) -> str:
         few = [p.name for p in prepared if n_keypoints.get(p.colmap_name, 0) < _FEW_FEATURES]
         detail = f"; images with almost no SIFT features (blank or blurry?): {', '.join(few)}" if few else ""
-        need = ("COLMAP's mappers do not build a model from only two images (pycolmap 4.2 needs at least "
-                "three overlapping views)" if len(prepared) == 2 else
-                "structure from motion needs at least two registered, overlapping, textured views")
-        return (f"COLMAP registered {n_reg} of {len(prepared)} images ({reason}{detail}). {need[0].upper()}"
-                f"{need[1:]}; try more images with more overlap, or the DUSt3R engine, which works from as few "
-                "as two views.")
+        need = (
+            "COLMAP's mappers do not build a model from only two images (pycolmap 4.2 needs at least "
+            "three overlapping views)"
+            if len(prepared) == 2
+            else "structure from motion needs at least two registered, overlapping, textured views"
+        )
+        return (
+            f"COLMAP registered {n_reg} of {len(prepared)} images ({reason}{detail}). {need[0].upper()}"
+            f"{need[1:]}; try more images with more overlap, or the DUSt3R engine, which works from as few "
+            "as two views."
+        )
 
     @staticmethod
-    def _scene(rec, prepared: Sequence[_PreparedImage], image_dir: Path, model_dir: Path, models: dict,
-               ccfg: ColmapConfig, *, matcher: str, seconds: dict[str, float], n_pairs: int, n_verified: int,
-               n_keypoints: dict[str, int]) -> Scene:
+    def _scene(
+        rec,
+        prepared: Sequence[_PreparedImage],
+        image_dir: Path,
+        model_dir: Path,
+        models: dict,
+        ccfg: ColmapConfig,
+        *,
+        matcher: str,
+        seconds: dict[str, float],
+        n_pairs: int,
+        n_verified: int,
+        n_keypoints: dict[str, int],
+    ) -> Scene:
         by_name = {im.name: im for im in rec.images.values() if im.has_pose}
         kept = [p for p in prepared if p.colmap_name in by_name]
         dropped = [p.name for p in prepared if p.colmap_name not in by_name]
         warnings: list[str] = []
         if dropped:
-            warnings.append(f"{len(dropped)} of {len(prepared)} images did not register and are left out: "
-                            f"{', '.join(dropped)}")
+            warnings.append(
+                f"{len(dropped)} of {len(prepared)} images did not register and are left out: {', '.join(dropped)}"
+            )
         if len(models) > 1:
-            warnings.append(f"COLMAP split the images into {len(models)} disconnected models; only the "
-                            f"largest ({rec.num_reg_images()} images) is shown")
+            warnings.append(
+                f"COLMAP split the images into {len(models)} disconnected models; only the "
+                f"largest ({rec.num_reg_images()} images) is shown"
+            )
 
         images, poses, focals, pps, o_from_p, cameras = [], [], [], [], [], []
         for p in kept:
@@ -523,14 +622,23 @@ class ColmapEngine:
             o_from_p.append(original_from_display(p.original_size, disp_size))
             distortion = _max_distortion_px(cam)
             if distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
-                warnings.append(f"{p.name}: strong lens distortion ({distortion:.0f} px at the corners of a "
-                                f"{cam.width}x{cam.height} image) is not represented by the pinhole cameras "
-                                "of the scene")
-            cameras.append({
-                "name": p.name, "colmap_name": p.colmap_name, "camera_id": int(im.camera_id),
-                "model": cam.model_name, "width": int(cam.width), "height": int(cam.height),
-                "params": [float(v) for v in cam.params], "max_distortion_px": round(distortion, 3),
-            })
+                warnings.append(
+                    f"{p.name}: strong lens distortion ({distortion:.0f} px at the corners of a "
+                    f"{cam.width}x{cam.height} image) is not represented by the pinhole cameras "
+                    "of the scene"
+                )
+            cameras.append(
+                {
+                    "name": p.name,
+                    "colmap_name": p.colmap_name,
+                    "camera_id": int(im.camera_id),
+                    "model": cam.model_name,
+                    "width": int(cam.width),
+                    "height": int(cam.height),
+                    "params": [float(v) for v in cam.params],
+                    "max_distortion_px": round(distortion, 3),
+                }
+            )
 
         point_ids = sorted(rec.points3D)
         pts = [rec.points3D[i] for i in point_ids]

@@ -178,7 +178,12 @@ def depth_to_world_points(
 
 
 def solve_pnp_ransac(
-    pts3d: np.ndarray, pixels: np.ndarray, focal: float, pp: tuple[float, float], *, iterations: int,
+    pts3d: np.ndarray,
+    pixels: np.ndarray,
+    focal: float,
+    pp: tuple[float, float],
+    *,
+    iterations: int,
     reproj_error: float = 5.0,
 ) -> tuple[np.ndarray, int] | None:
     """Camera pose from 3D-2D matches with OpenCV's RANSAC PnP (SQPNP), no distortion.
@@ -192,8 +197,13 @@ def solve_pnp_ransac(
     k = np.float32([(focal, 0, pp[0]), (0, focal, pp[1]), (0, 0, 1)])
     try:
         ok, rvec, tvec, inliers = cv2.solvePnPRansac(
-            np.ascontiguousarray(pts3d, dtype=np.float32), np.ascontiguousarray(pixels, dtype=np.float32), k, None,
-            iterationsCount=int(iterations), reprojectionError=float(reproj_error), flags=cv2.SOLVEPNP_SQPNP,
+            np.ascontiguousarray(pts3d, dtype=np.float32),
+            np.ascontiguousarray(pixels, dtype=np.float32),
+            k,
+            None,
+            iterationsCount=int(iterations),
+            reprojectionError=float(reproj_error),
+            flags=cv2.SOLVEPNP_SQPNP,
         )
     except cv2.error as e:
         logger.debug("solvePnPRansac failed: %s", e)
@@ -207,4 +217,3 @@ def solve_pnp_ransac(
     if not np.all(np.isfinite(world_from_cam)):
         return None
     return world_from_cam, len(inliers)
-

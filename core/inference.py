@@ -577,7 +577,9 @@ def _plan(
         if batch < resolve_batch_size(cfg.batch_size, device):
             logger.warning(
                 "batch size lowered from %d to %d to fit in memory (%s)",
-                resolve_batch_size(cfg.batch_size, device), batch, est.describe(),
+                resolve_batch_size(cfg.batch_size, device),
+                batch,
+                est.describe(),
             )
         return est
 

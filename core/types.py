@@ -293,7 +293,9 @@ class Scene:
         if self.original_from_processed is None:
             object.__setattr__(self, "original_from_processed", np.tile(np.eye(3), (n, 1, 1)))
         if len(self.names) != n or len(self.original_sizes) != n:
-            raise ValueError(f"expected {n} names and original sizes, got {len(self.names)}, {len(self.original_sizes)}")
+            raise ValueError(
+                f"expected {n} names and original sizes, got {len(self.names)}, {len(self.original_sizes)}"
+            )
 
     @property
     def n_views(self) -> int:

@@ -24,8 +24,16 @@ def test_api_lists_named_endpoints(app_url: str) -> None:
     assert {"/reconstruct", "/render", "/package", "/realign", "/thumbnails"} <= set(api)
     params = {p["parameter_name"]: p for p in api["/reconstruct"]["parameters"]}
     assert not params["files"]["parameter_has_default"]
-    for name in ("engine", "image_size", "scene_graph", "niter", "schedule", "min_conf_thr", "view_mode",
-                 "known_focal"):
+    for name in (
+        "engine",
+        "image_size",
+        "scene_graph",
+        "niter",
+        "schedule",
+        "min_conf_thr",
+        "view_mode",
+        "known_focal",
+    ):
         assert params[name]["parameter_has_default"], name
     assert params["niter"]["parameter_default"] == 15  # the server's config
 
@@ -34,7 +42,8 @@ def test_reconstruct_then_render_through_the_api(app_url: str, fixtures_dir: Pat
     client = Client(app_url, verbose=False)
     files = [handle_file(str(p)) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
     viewer, gallery, glb, status, model_status = client.predict(
-        files=files, engine="dust3r", niter=10, api_name="/reconstruct")
+        files=files, engine="dust3r", niter=10, api_name="/reconstruct"
+    )
     assert Path(viewer).suffix == ".glb" and Path(glb).suffix == ".glb"
     scene = trimesh.load(glb)
     assert sum(len(g.vertices) for g in scene.geometry.values()) > 500

@@ -22,8 +22,16 @@ from PIL import Image
 from tests.live_app import serve_tiny_app
 
 CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 VIEWPORT = {"width": 1440, "height": 960}
 
 
@@ -131,8 +139,9 @@ def test_error_shows_a_message_and_keeps_the_uploads(app_url: str, browser, tmp_
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
     page.locator("#upload input[type=file]").set_input_files([str(bad), str(bad)])
-    page.wait_for_function("document.querySelector('#upload').textContent.replace(/\\s/g, '').includes('broken.jpg')",
-                           timeout=60_000)
+    page.wait_for_function(
+        "document.querySelector('#upload').textContent.replace(/\\s/g, '').includes('broken.jpg')", timeout=60_000
+    )
     page.click("#run-btn")
     toast = page.locator(".toast-body, [data-testid='toast-body']").first
     toast.wait_for(timeout=120_000)

@@ -28,20 +28,49 @@ def _last_line(text: str) -> str:
 def cli_run(fixtures_dir: Path, tmp_path_factory) -> Path:
     """`main.py reconstruct <folder> --export all --save-pairs` with the tiny DPT model."""
     out = tmp_path_factory.mktemp("cli") / "out"
-    code = cli.main(["reconstruct", str(fixtures_dir / "images"), "--output", str(out),
-                     "--checkpoint", str(fixtures_dir / "tiny_dpt"), "--image-size", "64", "--device", "cpu",
-                     "--niter", "20", "--export", "all", "--save-pairs", "--precision", "fp32"])
+    code = cli.main(
+        [
+            "reconstruct",
+            str(fixtures_dir / "images"),
+            "--output",
+            str(out),
+            "--checkpoint",
+            str(fixtures_dir / "tiny_dpt"),
+            "--image-size",
+            "64",
+            "--device",
+            "cpu",
+            "--niter",
+            "20",
+            "--export",
+            "all",
+            "--save-pairs",
+            "--precision",
+            "fp32",
+        ]
+    )
     assert code == 0
     return out
 
 
 def test_reconstruct_writes_scene_glb_manifest_and_exports(cli_run: Path, capsys) -> None:
-    for name in ("scene.npz", "scene.glb", "manifest.json", "pairs.npz", "pointcloud.ply", "mesh.obj",
-                 "cameras.json", "reconstruction.zip"):
+    for name in (
+        "scene.npz",
+        "scene.glb",
+        "manifest.json",
+        "pairs.npz",
+        "pointcloud.ply",
+        "mesh.obj",
+        "cameras.json",
+        "reconstruction.zip",
+    ):
         assert (cli_run / name).is_file(), name
     assert (cli_run / "colmap" / "sparse" / "0").is_dir()
     assert sorted(p.name for p in (cli_run / "depth").glob("*_depth.npy")) == [
-        "img0_depth.npy", "img1_depth.npy", "img2_depth.npy"]
+        "img0_depth.npy",
+        "img1_depth.npy",
+        "img2_depth.npy",
+    ]
     manifest = json.loads((cli_run / "manifest.json").read_text())
     assert manifest["status"] == "done" and manifest["engine"] == "dust3r"
     assert manifest["settings"]["model"]["checkpoint"].endswith("tiny_dpt")
@@ -69,8 +98,21 @@ def test_save_pairs_uses_the_fixture_key_layout(cli_run: Path, fixtures_dir: Pat
 
 def test_align_from_saved_pairs(cli_run: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "realigned"
-    code = cli.main(["align", str(cli_run / "pairs.npz"), "--output", str(out), "--niter", "30",
-                     "--schedule", "cosine", "--as-pointcloud", "--export", "ply,json"])
+    code = cli.main(
+        [
+            "align",
+            str(cli_run / "pairs.npz"),
+            "--output",
+            str(out),
+            "--niter",
+            "30",
+            "--schedule",
+            "cosine",
+            "--as-pointcloud",
+            "--export",
+            "ply,json",
+        ]
+    )
     assert code == 0
     assert "wrote" in capsys.readouterr().out
     for name in ("scene.npz", "scene.glb", "manifest.json", "pointcloud.ply", "cameras.json"):
@@ -99,17 +141,22 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
     ("args", "code", "needle"),
     [
         (["reconstruct", "{tmp}/missing.png", "--output", "{tmp}/o"], cli.EXIT_INPUT, "missing.png: file not found"),
-        (["reconstruct", "{img}", "{tmp}/fake.png", "--output", "{tmp}/o", "--checkpoint", "{ckpt}"],
-         cli.EXIT_INPUT, "fake.png"),
+        (
+            ["reconstruct", "{img}", "{tmp}/fake.png", "--output", "{tmp}/o", "--checkpoint", "{ckpt}"],
+            cli.EXIT_INPUT,
+            "fake.png",
+        ),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--bogus"], cli.EXIT_USAGE, "unrecognized arguments: --bogus"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--image-size", "50"], cli.EXIT_USAGE, "multiple of 16"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--export", "gif"], cli.EXIT_USAGE, "gif"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--engine", "nerf"], cli.EXIT_USAGE, "invalid choice"),
-        (["reconstruct", "{img}", "{img}", "--output", "{tmp}/o", "--scene-graph", "swin-0"], cli.EXIT_USAGE,
-         "swin-0"),
+        (["reconstruct", "{img}", "{img}", "--output", "{tmp}/o", "--scene-graph", "swin-0"], cli.EXIT_USAGE, "swin-0"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--known-focal", "500,-1"], cli.EXIT_USAGE, "focal"),
-        (["reconstruct", "{img}", "--output", "{tmp}/o", "--checkpoint", "{tmp}/none.safetensors"],
-         cli.EXIT_WEIGHTS, "none.safetensors"),
+        (
+            ["reconstruct", "{img}", "--output", "{tmp}/o", "--checkpoint", "{tmp}/none.safetensors"],
+            cli.EXIT_WEIGHTS,
+            "none.safetensors",
+        ),
         (["align", "{tmp}/none.npz", "--output", "{tmp}/o"], cli.EXIT_INPUT, "none.npz"),
         (["align", "{tmp}/fake.png", "--output", "{tmp}/o"], cli.EXIT_FAILED, "not a readable .npz"),
         (["reconstruct", "--output", "{tmp}/o"], cli.EXIT_USAGE, "IMAGE"),
@@ -118,8 +165,11 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
 )
 def test_error_exits_are_one_line(args, code, needle, fixtures_dir: Path, tmp_path: Path, capsys) -> None:
     (tmp_path / "fake.png").write_text("not an image")
-    subs = {"tmp": str(tmp_path), "img": str(fixtures_dir / "images" / "img0.png"),
-            "ckpt": str(fixtures_dir / "tiny_linear")}
+    subs = {
+        "tmp": str(tmp_path),
+        "img": str(fixtures_dir / "images" / "img0.png"),
+        "ckpt": str(fixtures_dir / "tiny_linear"),
+    }
     argv = [a.format(**subs) for a in args]
     assert cli.main(argv) == code
     err = capsys.readouterr().err
@@ -136,9 +186,24 @@ def test_debug_shows_the_traceback(tmp_path: Path, capsys) -> None:
 def test_help_exits_zero(capsys) -> None:
     assert cli.main(["reconstruct", "--help"]) == 0
     out = capsys.readouterr().out
-    for option in ("--checkpoint", "--device", "--image-size", "--scene-graph", "--niter", "--schedule", "--lr",
-                   "--min-conf-thr", "--known-focal", "--shared-focal", "--as-pointcloud", "--export",
-                   "--save-pairs", "--engine", "--precision", "--debug"):
+    for option in (
+        "--checkpoint",
+        "--device",
+        "--image-size",
+        "--scene-graph",
+        "--niter",
+        "--schedule",
+        "--lr",
+        "--min-conf-thr",
+        "--known-focal",
+        "--shared-focal",
+        "--as-pointcloud",
+        "--export",
+        "--save-pairs",
+        "--engine",
+        "--precision",
+        "--debug",
+    ):
         assert option in out, option
 
 
@@ -147,9 +212,20 @@ def test_missing_weights_offline_is_a_clear_error(fixtures_dir: Path, tmp_path: 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "PYTHONUNBUFFERED": "1"}
     env.pop("HF_HUB_CACHE", None)
     proc = subprocess.run(
-        [sys.executable, str(ROOT / "main.py"), "reconstruct", str(fixtures_dir / "images" / "img0.png"),
-         "--output", str(tmp_path / "o")],
-        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            str(ROOT / "main.py"),
+            "reconstruct",
+            str(fixtures_dir / "images" / "img0.png"),
+            "--output",
+            str(tmp_path / "o"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == cli.EXIT_WEIGHTS, proc.stderr
     assert "Traceback" not in proc.stderr
     last = _last_line(proc.stderr)
@@ -168,8 +244,20 @@ def test_colmap_engine_from_the_cli(tmp_path: Path) -> None:
     for k, v in enumerate(views):
         Image.fromarray(v.image).save(folder / f"view{k:02d}.png")
     out = tmp_path / "out"
-    code = cli.main(["reconstruct", str(folder), "--engine", "colmap", "--output", str(out),
-                     "--checkpoint", str(tmp_path / "no-weights-needed"), "--export", "ply,json"])
+    code = cli.main(
+        [
+            "reconstruct",
+            str(folder),
+            "--engine",
+            "colmap",
+            "--output",
+            str(out),
+            "--checkpoint",
+            str(tmp_path / "no-weights-needed"),
+            "--export",
+            "ply,json",
+        ]
+    )
     assert code == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["engine"] == "colmap"

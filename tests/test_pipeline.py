@@ -105,8 +105,9 @@ def test_progress_reports_every_stage_with_counts(progress_calls: list[tuple[str
 def test_export_reuses_the_scene_with_new_display_options(tiny_run: pipeline.Result) -> None:
     cfg = tiny_run.settings
     mesh_files = pipeline.export(tiny_run, cfg.postprocess, cfg.viz, ["glb"])
-    cloud_files = pipeline.export(tiny_run, cfg.postprocess, replace(cfg.viz, as_pointcloud=True, show_cameras=False),
-                                  ["glb"])
+    cloud_files = pipeline.export(
+        tiny_run, cfg.postprocess, replace(cfg.viz, as_pointcloud=True, show_cameras=False), ["glb"]
+    )
     assert mesh_files["glb"].parent != cloud_files["glb"].parent  # each export gets its own folder
     assert mesh_files["glb"].parent.parent == tiny_run.job.dir / "exports"
     mesh = trimesh.load(mesh_files["glb"])
@@ -114,8 +115,12 @@ def test_export_reuses_the_scene_with_new_display_options(tiny_run: pipeline.Res
     assert any(isinstance(g, trimesh.Trimesh) and len(g.faces) > 100 for g in mesh.geometry.values())
     assert any(isinstance(g, trimesh.PointCloud) for g in cloud.geometry.values())
     assert not any(isinstance(g, trimesh.Trimesh) for g in cloud.geometry.values())  # no cameras, no mesh
-    stricter = pipeline.export(tiny_run, replace(cfg.postprocess, min_conf_thr=8.0, outlier_removal=False),
-                               replace(cfg.viz, as_pointcloud=True, show_cameras=False), ["glb"])
+    stricter = pipeline.export(
+        tiny_run,
+        replace(cfg.postprocess, min_conf_thr=8.0, outlier_removal=False),
+        replace(cfg.viz, as_pointcloud=True, show_cameras=False),
+        ["glb"],
+    )
     n_loose = sum(len(g.vertices) for g in cloud.geometry.values())
     n_strict = sum(len(g.vertices) for g in trimesh.load(stricter["glb"]).geometry.values())
     assert 0 < n_strict < n_loose
@@ -160,14 +165,18 @@ def test_two_concurrent_jobs_share_no_file(fixtures_dir: Path, images: list[Path
         assert json.loads(job.manifest_path.read_text())["status"] == "done"
 
 
-def test_realign_from_saved_pairs_without_the_network(tiny_run: pipeline.Result, tmp_path: Path,
-                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_realign_from_saved_pairs_without_the_network(
+    tiny_run: pipeline.Result, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def no_network(*args, **kwargs):
         raise AssertionError("realign must not load the model")
 
     monkeypatch.setattr(pipeline, "get_model", no_network)
-    cfg = replace(tiny_run.settings, alignment=replace(tiny_run.settings.alignment, niter=40, schedule="cosine"),
-                  jobs=replace(tiny_run.settings.jobs, output_root=tmp_path))
+    cfg = replace(
+        tiny_run.settings,
+        alignment=replace(tiny_run.settings.alignment, niter=40, schedule="cosine"),
+        jobs=replace(tiny_run.settings.jobs, output_root=tmp_path),
+    )
     calls = []
     res = pipeline.realign(tiny_run.pairs_path, cfg, progress=lambda s, d, t: calls.append((s, d, t)))
     assert res.job.dir.parent == tmp_path and res.job.id != tiny_run.job.id
@@ -259,8 +268,9 @@ def test_job_ids_are_unique_and_sortable(tmp_path: Path) -> None:
     assert all(j.dir.is_dir() and (j.dir / ".dust3r-job").is_file() for j in jobs)
 
 
-def test_weights_availability_never_downloads(fixtures_dir: Path, tmp_path: Path,
-                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_weights_availability_never_downloads(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     assert pipeline.weights_availability(ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"))) is None
     missing = pipeline.weights_availability(ModelConfig(checkpoint=str(tmp_path / "model.safetensors")))
     assert missing and "not found" in missing and "--checkpoint" in missing

@@ -78,8 +78,9 @@ def test_no_weights_start_selects_colmap_and_says_why(fixtures_dir: Path, tmp_pa
     assert "not available" in status and "COLMAP ready" in status
 
 
-def test_offline_empty_cache_start_selects_colmap(fixtures_dir: Path, tmp_path: Path,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_offline_empty_cache_start_selects_colmap(
+    fixtures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     cfg = replace(_cfg(fixtures_dir, tmp_path), model=ModelConfig(cache_dir=str(tmp_path / "hf"), device="cpu"))
     demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
@@ -90,10 +91,25 @@ def test_offline_empty_cache_start_selects_colmap(fixtures_dir: Path, tmp_path: 
 
 def test_settings_to_config() -> None:
     base = AppConfig()
-    engine, cfg = gradio_ui.settings_to_config(base, {
-        "engine": "colmap", "image_size": 224, "scene_graph": "swin", "window_size": 2, "cyclic": False,
-        "niter": 50, "schedule": "cosine", "known_focal": "500, 510", "view_mode": "pointcloud",
-        "min_conf_thr": 5, "mask_sky": True, "cam_size": 0.1, "matcher": "sequential", "mapper": "incremental"})
+    engine, cfg = gradio_ui.settings_to_config(
+        base,
+        {
+            "engine": "colmap",
+            "image_size": 224,
+            "scene_graph": "swin",
+            "window_size": 2,
+            "cyclic": False,
+            "niter": 50,
+            "schedule": "cosine",
+            "known_focal": "500, 510",
+            "view_mode": "pointcloud",
+            "min_conf_thr": 5,
+            "mask_sky": True,
+            "cam_size": 0.1,
+            "matcher": "sequential",
+            "mapper": "incremental",
+        },
+    )
     assert engine == "colmap"
     assert cfg.preprocess.image_size == 224 and cfg.inference.scene_graph == "swin-2-noncyclic"
     assert cfg.alignment.niter == 50 and cfg.alignment.schedule == "cosine"
@@ -101,8 +117,10 @@ def test_settings_to_config() -> None:
     assert cfg.alignment.min_conf_thr == cfg.postprocess.min_conf_thr == 5.0
     assert cfg.viz.as_pointcloud and cfg.viz.cam_size == 0.1 and cfg.postprocess.mask_sky
     assert cfg.colmap.matcher == "sequential" and cfg.colmap.mapper == "incremental"
-    assert gradio_ui.settings_to_config(base, {"scene_graph": "oneref", "ref_image": 2})[1].inference.scene_graph \
+    assert (
+        gradio_ui.settings_to_config(base, {"scene_graph": "oneref", "ref_image": 2})[1].inference.scene_graph
         == "oneref-2"
+    )
     with pytest.raises(ValueError, match="focal"):
         gradio_ui.settings_to_config(base, {"known_focal": "wide"})
     with pytest.raises(ValueError, match="image_size"):
@@ -187,8 +205,9 @@ def test_errors_become_messages(ui_run, fixtures_dir: Path, tmp_path: Path) -> N
     with pytest.raises(gr.Error, match="Invalid setting"):
         handlers.reconstruct([str(bad)], req, _Progress(), known_focal="wide")
     with pytest.raises(gr.Error, match="oneref-9"):
-        handlers.reconstruct([str(fixtures_dir / "images" / "img0.png")] * 3, req, _Progress(),
-                             scene_graph="oneref", ref_image=9)
+        handlers.reconstruct(
+            [str(fixtures_dir / "images" / "img0.png")] * 3, req, _Progress(), scene_graph="oneref", ref_image=9
+        )
 
 
 def test_thumbnails_and_bad_uploads(ui_run, images: list[str], tmp_path: Path) -> None:
@@ -244,8 +263,9 @@ def test_no_weights_page_reconstructs_with_colmap(fixtures_dir: Path, tmp_path: 
     engine = _component(demo, "engine").value
     assert engine == "colmap"
     handlers = gradio_ui.UIHandlers(cfg, pipe)
-    result, glb, gallery, _, status, _ = handlers.reconstruct([str(p) for p in paths], _request("s"), _Progress(),
-                                                              engine=engine)
+    result, glb, gallery, _, status, _ = handlers.reconstruct(
+        [str(p) for p in paths], _request("s"), _Progress(), engine=engine
+    )
     assert result.engine == "colmap" and result.scene.n_views == 6 and result.scene.sparse is not None
     assert "COLMAP" in status and "points" in status
     assert len(gallery) == 6  # RGB only: a sparse scene has no depth or confidence maps

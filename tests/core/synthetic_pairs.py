@@ -16,7 +16,11 @@ __all__ = ["make_scene"]
 
 
 def make_scene(
-    sizes: list[tuple[int, int]], *, seed: int = 0, noise: float = 0.003, focals: list[float] | None = None,
+    sizes: list[tuple[int, int]],
+    *,
+    seed: int = 0,
+    noise: float = 0.003,
+    focals: list[float] | None = None,
     focal_bias: list[float] | None = None,
 ) -> tuple[PairPredictions, dict]:
     """Consistent pair predictions (complete symmetric graph) for cameras with known poses/focals.
@@ -61,7 +65,11 @@ def make_scene(
         c1.append(torch.from_numpy((1 + np.exp(rng.normal(1.2, 0.6, size=sizes[i]))).astype(np.float32)))
         c2.append(torch.from_numpy((1 + np.exp(rng.normal(1.2, 0.6, size=sizes[j]))).astype(np.float32)))
     preds = PairPredictions(
-        pairs=torch.tensor(pairs, dtype=torch.int64), pts3d_1=tuple(p1), conf_1=tuple(c1), pts3d_2=tuple(p2),
-        conf_2=tuple(c2), true_shapes=tuple(sizes),
+        pairs=torch.tensor(pairs, dtype=torch.int64),
+        pts3d_1=tuple(p1),
+        conf_1=tuple(c1),
+        pts3d_2=tuple(p2),
+        conf_2=tuple(c2),
+        true_shapes=tuple(sizes),
     )
     return preds, {"world_from_cam": np.stack(cams), "focals": np.array(fs), "depths": depths}

@@ -64,17 +64,28 @@ class BoxScene:
     """Face name (ground, +x, -x, +y, -y, top) -> (rows, cols, 3) float32 texture."""
 
     @classmethod
-    def random(cls, seed: int = 0, *, ground_half: float = 3.0, box_size: tuple[float, float, float] = (1.4, 1.0, 0.9),
-               texels_per_unit: float = 64.0) -> BoxScene:
+    def random(
+        cls,
+        seed: int = 0,
+        *,
+        ground_half: float = 3.0,
+        box_size: tuple[float, float, float] = (1.4, 1.0, 0.9),
+        texels_per_unit: float = 64.0,
+    ) -> BoxScene:
         rng = np.random.default_rng(seed)
         bx, by, bz = box_size
         extents = {  # face -> (extent along its first texture axis, along its second)
             "ground": (2 * ground_half, 2 * ground_half),
-            "+x": (by, bz), "-x": (by, bz), "+y": (bx, bz), "-y": (bx, bz), "top": (bx, by),
+            "+x": (by, bz),
+            "-x": (by, bz),
+            "+y": (bx, bz),
+            "-y": (bx, bz),
+            "top": (bx, by),
         }
         textures = {
-            name: _band_pass_texture(rng, (max(8, round(b * texels_per_unit)), max(8, round(a * texels_per_unit))),
-                                     (1.5, 3.0, 6.0))
+            name: _band_pass_texture(
+                rng, (max(8, round(b * texels_per_unit)), max(8, round(a * texels_per_unit))), (1.5, 3.0, 6.0)
+            )
             for name, (a, b) in extents.items()
         }
         return cls(ground_half, np.array([-bx / 2, -by / 2, 0.0]), np.array([bx / 2, by / 2, bz]), textures)
@@ -93,8 +104,14 @@ def look_at(eye: np.ndarray, target: np.ndarray, up: tuple[float, float, float] 
     return pose
 
 
-def orbit_poses(n: int, *, radius: float = 4.2, elevation_deg: float = 45.0,
-                azimuth_range_deg: tuple[float, float] = (-70.0, 70.0), target_z: float = 0.3) -> np.ndarray:
+def orbit_poses(
+    n: int,
+    *,
+    radius: float = 4.2,
+    elevation_deg: float = 45.0,
+    azimuth_range_deg: tuple[float, float] = (-70.0, 70.0),
+    target_z: float = 0.3,
+) -> np.ndarray:
     """(n, 4, 4) world_from_cam on an arc around the z axis, all looking at (0, 0, target_z)."""
     poses = []
     el = np.deg2rad(elevation_deg)
@@ -153,9 +170,12 @@ def _shade(scene: BoxScene, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
         ax = axis[idx]
         negative = dirs[idx, ax] > 0  # entering through the min face of that axis
         faces = {
-            ("x", True): ("-x", 1, 2, 0.7), ("x", False): ("+x", 1, 2, 0.8),
-            ("y", True): ("-y", 0, 2, 0.9), ("y", False): ("+y", 0, 2, 0.75),
-            ("z", False): ("top", 0, 1, 1.0), ("z", True): ("top", 0, 1, 1.0),
+            ("x", True): ("-x", 1, 2, 0.7),
+            ("x", False): ("+x", 1, 2, 0.8),
+            ("y", True): ("-y", 0, 2, 0.9),
+            ("y", False): ("+y", 0, 2, 0.75),
+            ("z", False): ("top", 0, 1, 1.0),
+            ("z", True): ("top", 0, 1, 1.0),
         }
         for (axis_name, neg), (face, a, b, light) in faces.items():
             sel = (ax == "xyz".index(axis_name)) & (negative == neg)
@@ -165,8 +185,9 @@ def _shade(scene: BoxScene, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
     return colour
 
 
-def render(scene: BoxScene, world_from_cam: np.ndarray, K: np.ndarray, width: int, height: int,
-           supersample: int = 2) -> np.ndarray:
+def render(
+    scene: BoxScene, world_from_cam: np.ndarray, K: np.ndarray, width: int, height: int, supersample: int = 2
+) -> np.ndarray:
     """Ray-cast one view -> (height, width, 3) uint8 RGB (``supersample``^2 rays per pixel)."""
     offsets = (np.arange(supersample) + 0.5) / supersample - 0.5
     u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
@@ -182,10 +203,10 @@ def render(scene: BoxScene, world_from_cam: np.ndarray, K: np.ndarray, width: in
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).reshape(height, width, 3)
 
 
-def render_orbit(n: int, *, width: int = 320, height: int = 240, focal: float = 260.0, seed: int = 0,
-                 **orbit_kwargs: float) -> list[SyntheticView]:
+def render_orbit(
+    n: int, *, width: int = 320, height: int = 240, focal: float = 260.0, seed: int = 0, **orbit_kwargs: float
+) -> list[SyntheticView]:
     """Render ``n`` views on an arc around a random box scene."""
     scene = BoxScene.random(seed)
     K = intrinsics(width, height, focal)
-    return [SyntheticView(render(scene, pose, K, width, height), pose, K)
-            for pose in orbit_poses(n, **orbit_kwargs)]  # type: ignore[arg-type]
+    return [SyntheticView(render(scene, pose, K, width, height), pose, K) for pose in orbit_poses(n, **orbit_kwargs)]  # type: ignore[arg-type]

@@ -39,8 +39,11 @@ def _rel(a, b) -> float:
 
 def _fixture_cfg(d: np.lib.npyio.NpzFile, prefix: str) -> AlignmentConfig:
     return AlignmentConfig(
-        niter=int(d[prefix + "niter"]), lr=float(d[prefix + "lr"]), schedule=str(d[prefix + "schedule"]),
-        lr_min=1e-6, min_conf_thr=float(d[prefix + "min_conf_thr"]),
+        niter=int(d[prefix + "niter"]),
+        lr=float(d[prefix + "lr"]),
+        schedule=str(d[prefix + "schedule"]),
+        lr_min=1e-6,
+        min_conf_thr=float(d[prefix + "min_conf_thr"]),
     )
 
 
@@ -127,13 +130,16 @@ def test_fast_loss_and_gradient_match_autograd(norm_pw_scale, shared_focal):
     logd = al._flat_depth(noisy[0], prob.areas).requires_grad_(True)
     ours = [logd] + [t.clone().requires_grad_(True) for t in (noisy[1], noisy[2], focal)]
     loss = al._evaluate(prob, *ours, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal, with_grad=True)
-    ref = [noisy[0].clone().requires_grad_(True)] + [t.clone().requires_grad_(True) for t in (noisy[1], noisy[2], focal)]
+    ref = [noisy[0].clone().requires_grad_(True)] + [
+        t.clone().requires_grad_(True) for t in (noisy[1], noisy[2], focal)
+    ]
     ref_loss = _naive_loss(inp, *ref, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal)
     ref_loss.backward()
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=0)
     ref_depth_grad = al._flat_depth(ref[0].grad, prob.areas)
-    for mine, theirs in zip([ours[0].grad] + [t.grad for t in ours[1:]], [ref_depth_grad] + [t.grad for t in ref[1:]],
-                            strict=True):
+    for mine, theirs in zip(
+        [ours[0].grad] + [t.grad for t in ours[1:]], [ref_depth_grad] + [t.grad for t in ref[1:]], strict=True
+    ):
         assert mine is not None
         assert float((mine - theirs).abs().max()) < 1e-4 * float(theirs.abs().max())
 
@@ -228,8 +234,10 @@ def test_tiny_linear_end_to_end(fixtures_dir):
         assert _rel(scene.depths[k], d[f"depthmap_{k}"]) < 1e-2
         assert _rel(scene.pts3d[k], d[f"pts3d_{k}"]) < 1e-2
     # images and names come from the predictions file
-    np.testing.assert_array_equal(scene.images[0], ((preds.images[0][0].permute(1, 2, 0) * 0.5 + 0.5) * 255)
-                                  .round().clamp(0, 255).to(torch.uint8).numpy())
+    np.testing.assert_array_equal(
+        scene.images[0],
+        ((preds.images[0][0].permute(1, 2, 0) * 0.5 + 0.5) * 255).round().clamp(0, 255).to(torch.uint8).numpy(),
+    )
 
 
 def test_tiny_dpt_loop_from_stored_init_and_mst(fixtures_dir):
@@ -261,9 +269,12 @@ def test_pair_viewer_matches_reference(fixtures_dir, model):
     idx = d["pairs_index_in_inference"].tolist()
     preds = PairPredictions(
         pairs=torch.from_numpy(d["pairs"]),
-        pts3d_1=tuple(full.pts3d_1[p] for p in idx), conf_1=tuple(full.conf_1[p] for p in idx),
-        pts3d_2=tuple(full.pts3d_2[p] for p in idx), conf_2=tuple(full.conf_2[p] for p in idx),
-        true_shapes=full.true_shapes[:2], images=full.images[:2],
+        pts3d_1=tuple(full.pts3d_1[p] for p in idx),
+        conf_1=tuple(full.conf_1[p] for p in idx),
+        pts3d_2=tuple(full.pts3d_2[p] for p in idx),
+        conf_2=tuple(full.conf_2[p] for p in idx),
+        true_shapes=full.true_shapes[:2],
+        images=full.images[:2],
     )
     progress_calls = []
     scene = align(preds, AlignmentConfig(), progress=lambda *a: progress_calls.append(a))
@@ -335,7 +346,8 @@ def test_known_focal_stays_fixed_and_helps_a_biased_scene():
     rot_known = _rotation_errors_deg(known.world_from_cam.astype(np.float64), gt["world_from_cam"]).max()
     assert rot_known < 0.9 * rot_free
     assert _centre_errors(known.world_from_cam, gt["world_from_cam"]) < 0.6 * _centre_errors(
-        free.world_from_cam, gt["world_from_cam"])
+        free.world_from_cam, gt["world_from_cam"]
+    )
     # one shared known value
     one = align(preds, dataclasses.replace(FAST, niter=5, known_focal=(36.0,)))
     np.testing.assert_allclose(one.focals, [36.0] * 4, rtol=1e-6)
@@ -363,8 +375,13 @@ def test_known_poses_stay_fixed_and_fix_the_frame():
     # two known cameras fix the frame and the scale: the others land on their true poses
     for k in (1, 3):
         np.testing.assert_allclose(scene.world_from_cam[k, :3, 3], gt_poses[k, :3, 3], atol=0.02)
-        assert _rotation_errors_deg(np.stack((scene.world_from_cam[k], gt_poses[k])).astype(np.float64),
-                                    np.stack((gt_poses[k], gt_poses[k])))[0] < 0.5
+        assert (
+            _rotation_errors_deg(
+                np.stack((scene.world_from_cam[k], gt_poses[k])).astype(np.float64),
+                np.stack((gt_poses[k], gt_poses[k])),
+            )[0]
+            < 0.5
+        )
     # one known pose: fixed, and the relative geometry is still right
     one = align(preds, FAST, known_poses={1: gt_poses[1]})
     np.testing.assert_allclose(one.world_from_cam[1], gt_poses[1], atol=1e-5)
@@ -401,7 +418,8 @@ def test_realign_from_saved_predictions(tmp_path):
 def test_half_precision_predictions_are_aligned_in_fp32():
     preds, _ = make_scene([(24, 32)] * 3, seed=22)
     half = PairPredictions(
-        pairs=preds.pairs, true_shapes=preds.true_shapes,
+        pairs=preds.pairs,
+        true_shapes=preds.true_shapes,
         **{k: tuple(t.half() for t in getattr(preds, k)) for k in ("pts3d_1", "conf_1", "pts3d_2", "conf_2")},
     )
     scene = align(half, dataclasses.replace(FAST, niter=20))
@@ -477,7 +495,8 @@ def test_bad_arguments():
     preds4, _ = make_scene([(24, 32)] * 4, seed=36)
     keep = [p for p, (i, j) in enumerate(preds4.pairs.tolist()) if {i, j} in ({0, 1}, {2, 3})]
     split = PairPredictions(
-        pairs=preds4.pairs[keep], true_shapes=preds4.true_shapes,
+        pairs=preds4.pairs[keep],
+        true_shapes=preds4.true_shapes,
         **{k: tuple(getattr(preds4, k)[p] for p in keep) for k in ("pts3d_1", "conf_1", "pts3d_2", "conf_2")},
     )
     with pytest.raises(AlignmentError, match="not connected"):
@@ -504,7 +523,9 @@ def test_early_stop_saves_iterations_at_the_same_loss():
     cfg = AlignmentConfig(niter=300, mst_stale_focal=False)
     full = align(preds, cfg)
     calls = []
-    es_cfg = dataclasses.replace(cfg, early_stop=True, early_stop_tol=2e-3, early_stop_patience=30, early_stop_anneal=60)
+    es_cfg = dataclasses.replace(
+        cfg, early_stop=True, early_stop_tol=2e-3, early_stop_patience=30, early_stop_anneal=60
+    )
     early = align(preds, es_cfg, progress=lambda *a: calls.append(a))
     assert early.extra["early_stopped"] is True
     assert early.extra["iterations"] < 300

@@ -65,7 +65,11 @@ def test_cpu_inference_applies_the_tuning_unless_turned_off(fixtures_dir, monkey
     monkeypatch.setattr(inf, "tune_cpu_allocator", lambda: calls.append(1) or True)
     net = M.load_model(fixtures_dir / "tiny_linear")
     img = InputImage(
-        tensor=torch.zeros(1, 3, 48, 64), idx=0, name="a", original_size=(64, 48), resized_size=(64, 48),
+        tensor=torch.zeros(1, 3, 48, 64),
+        idx=0,
+        name="a",
+        original_size=(64, 48),
+        resized_size=(64, 48),
         crop_box=(0, 0, 64, 48),
     )
     cfg = InferenceConfig(tune_cpu_allocator=enabled)

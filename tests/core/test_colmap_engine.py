@@ -130,8 +130,9 @@ def test_incremental_sequential_downscaled_and_unregistered_image(capture: Captu
     # A blank image in the middle cannot register: it is dropped and named in a warning.
     blank = _blank(tmp_path / "blank.png")
     paths = [*capture.paths[:4], blank, *capture.paths[4:]]
-    cfg = _cfg(mapper="incremental", exhaustive_max_images=4, sequential_overlap=2, max_image_size=256,
-               display_max_size=160)
+    cfg = _cfg(
+        mapper="incremental", exhaustive_max_images=4, sequential_overlap=2, max_image_size=256, display_max_size=160
+    )
     job = tmp_path / "job"
     job.mkdir()
     progress = _Progress()
@@ -179,15 +180,21 @@ def test_input_errors(tmp_path: Path) -> None:
     with pytest.raises(ColmapError, match="at least 2 images, got 1"):
         engine.reconstruct([_blank(tmp_path / "a.png")], _cfg(), tmp_path / "job", lambda *a: None)
     with pytest.raises(ImageLoadError, match="missing.jpg: file not found"):
-        engine.reconstruct([_blank(tmp_path / "a.png"), tmp_path / "missing.jpg"], _cfg(), tmp_path / "job",
-                           lambda *a: None)
+        engine.reconstruct(
+            [_blank(tmp_path / "a.png"), tmp_path / "missing.jpg"], _cfg(), tmp_path / "job", lambda *a: None
+        )
     (tmp_path / "notes.png").write_text("not an image")
     with pytest.raises(ImageLoadError, match="notes.png: not an image"):
-        engine.reconstruct([_blank(tmp_path / "a.png"), tmp_path / "notes.png"], _cfg(), tmp_path / "job",
-                           lambda *a: None)
+        engine.reconstruct(
+            [_blank(tmp_path / "a.png"), tmp_path / "notes.png"], _cfg(), tmp_path / "job", lambda *a: None
+        )
     with pytest.raises(ValueError, match="mapper must be one of"):
-        engine.reconstruct([], dataclasses.replace(_cfg(), colmap=dataclasses.replace(
-            ColmapConfig(), mapper="hierarchical")), tmp_path / "job", lambda *a: None)  # type: ignore[arg-type]
+        engine.reconstruct(
+            [],
+            dataclasses.replace(_cfg(), colmap=dataclasses.replace(ColmapConfig(), mapper="hierarchical")),
+            tmp_path / "job",
+            lambda *a: None,
+        )  # type: ignore[arg-type]
 
 
 def test_engine_interface() -> None:

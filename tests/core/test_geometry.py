@@ -125,8 +125,9 @@ def test_transform_points():
     trf = torch.eye(4)
     trf[:3, :3] = roma.rotvec_to_rotmat(torch.tensor([0.0, 0.0, math.pi / 2]))
     trf[:3, 3] = torch.tensor([1.0, 0.0, 0.0])
-    torch.testing.assert_close(transform_points(trf, torch.tensor([[1.0, 0.0, 0.0]])), torch.tensor([[1.0, 1.0, 0.0]]),
-                               atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        transform_points(trf, torch.tensor([[1.0, 0.0, 0.0]])), torch.tensor([[1.0, 1.0, 0.0]]), atol=1e-6, rtol=0
+    )
 
 
 def test_solve_pnp_ransac_recovers_pose():

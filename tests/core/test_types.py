@@ -27,8 +27,13 @@ def test_pair_predictions_without_images_or_true_shapes(tmp_path):
     pts = torch.zeros(4, 6, 3)
     conf = torch.ones(4, 6)
     preds = PairPredictions(
-        pairs=torch.tensor([[0, 1], [1, 0]]), pts3d_1=(pts, pts), conf_1=(conf, conf),
-        pts3d_2=(pts, pts), conf_2=(conf, conf), true_shapes=((4, 6), (4, 6)), names=("a.jpg", "b.jpg"),
+        pairs=torch.tensor([[0, 1], [1, 0]]),
+        pts3d_1=(pts, pts),
+        conf_1=(conf, conf),
+        pts3d_2=(pts, pts),
+        conf_2=(conf, conf),
+        true_shapes=((4, 6), (4, 6)),
+        names=("a.jpg", "b.jpg"),
     )
     path = tmp_path / "p.npz"
     preds.save_npz(path)
@@ -49,8 +54,14 @@ def test_pair_predictions_reports_missing_arrays(tmp_path):
 def test_pair_predictions_rejects_out_of_range_indices():
     pts, conf = torch.zeros(2, 2, 3), torch.ones(2, 2)
     with pytest.raises(ValueError, match="pair indices"):
-        PairPredictions(pairs=torch.tensor([[0, 5]]), pts3d_1=(pts,), conf_1=(conf,), pts3d_2=(pts,),
-                        conf_2=(conf,), true_shapes=((2, 2), (2, 2)))
+        PairPredictions(
+            pairs=torch.tensor([[0, 5]]),
+            pts3d_1=(pts,),
+            conf_1=(conf,),
+            pts3d_2=(pts,),
+            conf_2=(conf,),
+            true_shapes=((2, 2), (2, 2)),
+        )
 
 
 def test_tensor_to_rgb_inverts_the_normalisation():
@@ -61,8 +72,14 @@ def test_tensor_to_rgb_inverts_the_normalisation():
 
 def test_original_from_processed_maps_crop_and_resize_back():
     # 1000x750 upload -> resized 512x384 -> crop 480x384 starting at x=16
-    img = InputImage(tensor=torch.zeros(1, 3, 384, 480), idx=0, name="a.jpg", original_size=(1000, 750),
-                     resized_size=(512, 384), crop_box=(16, 0, 496, 384))
+    img = InputImage(
+        tensor=torch.zeros(1, 3, 384, 480),
+        idx=0,
+        name="a.jpg",
+        original_size=(1000, 750),
+        resized_size=(512, 384),
+        crop_box=(16, 0, 496, 384),
+    )
     a = img.original_from_processed()
     sx, sy = 512 / 1000, 384 / 750
     np.testing.assert_allclose(a @ [0, 0, 1], [16.5 / sx - 0.5, 0.5 / sy - 0.5, 1])
@@ -71,8 +88,12 @@ def test_original_from_processed_maps_crop_and_resize_back():
 
 def test_scene_fills_defaults_and_checks_shapes():
     ims = (np.zeros((4, 6, 3), np.uint8), np.zeros((6, 4, 3), np.uint8))
-    scene = Scene(images=ims, world_from_cam=np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)),
-                  focals=np.array([5.0, 6.0], np.float32), principal_points=np.zeros((2, 2), np.float32))
+    scene = Scene(
+        images=ims,
+        world_from_cam=np.tile(np.eye(4, dtype=np.float32), (2, 1, 1)),
+        focals=np.array([5.0, 6.0], np.float32),
+        principal_points=np.zeros((2, 2), np.float32),
+    )
     assert scene.names == ("image_0", "image_1") and scene.original_sizes == ((6, 4), (4, 6))
     assert scene.intrinsics()[1, 0, 0] == 6.0 and scene.original_from_processed.shape == (2, 3, 3)
     with pytest.raises(ValueError, match="world_from_cam"):
