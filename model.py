@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from config import OFFICIAL_CHECKPOINTS, ModelConfig
+from core.errors import CheckpointError
 
 __all__ = [
     "DUSt3R",
@@ -113,10 +114,6 @@ CONFIG_KEYS: frozenset[str] = frozenset(
 )
 
 _CONSTRUCTOR_NAME = "AsymmetricCroCo3DStereo"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint could not be found, read, parsed or matched to the network."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -36,6 +36,7 @@ import torch
 from scipy.sparse.csgraph import connected_components, minimum_spanning_tree
 
 from config import AlignmentConfig
+from core.errors import AlignmentError
 from core.geometry import (
     depth_to_world_points,
     estimate_focal_weiszfeld,
@@ -65,10 +66,6 @@ PNP_REPROJ_PX = 5.0
 #: On the CPU the per-pixel loss is evaluated in chunks of about this many (side, pixel) pairs
 #: so that the working set stays in cache.
 _CPU_CHUNK_ELEMS = 1 << 17
-
-
-class AlignmentError(ValueError):
-    """The predictions cannot be aligned (non-finite values, degenerate focal, disconnected pairs...)."""
 
 
 class AlignmentCancelled(RuntimeError):

@@ -55,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from config import AppConfig, ColmapConfig
+from core.errors import ColmapError
 from core.preprocessing import ImageLoadError, heif_available, to_rgb8
 from core.types import ProgressFn, Scene, SparsePoints
 
@@ -104,10 +105,6 @@ _MATCHERS = ("auto", "exhaustive", "sequential")
 _MAPPERS = ("global", "incremental")
 _PYCOLMAP_ERRORS = (RuntimeError, ValueError)
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, Image.DecompressionBombError)
-
-
-class ColmapError(ValueError):
-    """COLMAP could not reconstruct the images (too few registered, no matches, bad input)."""
 
 
 # --------------------------------------------------------------------------------------------

@@ -52,6 +52,7 @@ import torch
 
 from config import InferenceConfig
 from core.allocator import tune_cpu_allocator
+from core.errors import InsufficientMemoryError
 from core.pairs import count_pairs, duplicate_single_image, make_pairs
 from core.types import InputImage, PairPredictions, ProgressFn
 
@@ -81,10 +82,6 @@ logger = logging.getLogger(__name__)
 
 _GB = 1024**3
 _FP32 = 4
-
-
-class InsufficientMemoryError(RuntimeError):
-    """The job does not fit in the device memory (predicted before running, or a CUDA OOM)."""
 
 
 class PairModel(Protocol):

@@ -35,6 +35,7 @@ import torch
 from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
 from config import PreprocessConfig
+from core.errors import ImageLoadError
 from core.types import InputImage
 
 __all__ = [
@@ -78,14 +79,6 @@ _HEIF_EXTENSIONS = (".heic", ".heif", ".hif")
 _HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"mif2"}
 # Pillow's decoders raise these for broken, truncated or unsupported files.
 _PIL_ERRORS = (OSError, SyntaxError, ValueError, EOFError, struct.error, Image.DecompressionBombError)
-
-
-class ImageLoadError(ValueError):
-    """An upload that cannot become a network input; the message starts with the file name."""
-
-    def __init__(self, message: str, *, filename: str | None = None) -> None:
-        super().__init__(message)
-        self.filename = filename
 
 
 @functools.cache
