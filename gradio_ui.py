@@ -36,10 +36,10 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from config import AppConfig, PostprocessConfig, VizConfig
-from core.export import EXPORT_FORMATS
 from core.inference import InsufficientMemoryError
-from core.pairs import format_scene_graph
-from core.preprocessing import IMAGE_EXTENSIONS, heif_available
+from core.inputs.pairs import format_scene_graph
+from core.inputs.preprocessing import IMAGE_EXTENSIONS, heif_available
+from core.outputs.export import EXPORT_FORMATS
 from pipeline import Pipeline, Result, stage_label
 
 __all__ = [

@@ -370,7 +370,7 @@ class _TqdmProgress:
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from core.export import parse_formats
+    from core.outputs.export import parse_formats
 
     try:
         return tuple(parse_formats(text))
@@ -409,7 +409,7 @@ def _rel(p: Path, root: Path) -> str:
 
 
 def _cmd_reconstruct(args: argparse.Namespace, cfg: AppConfig) -> int:
-    from core.pairs import make_pairs
+    from core.inputs.pairs import make_pairs
     from pipeline import Pipeline, expand_image_paths, job_in_folder
 
     formats = _formats(args.export)
@@ -465,7 +465,7 @@ def _cmd_app(cfg: AppConfig) -> int:
 
 
 def _exit_code(exc: BaseException) -> int:
-    from core.preprocessing import ImageLoadError
+    from core.inputs.preprocessing import ImageLoadError
     from model import CheckpointError
 
     if isinstance(exc, CheckpointError):

@@ -50,14 +50,14 @@ import torch
 
 from config import OFFICIAL_CHECKPOINTS, AppConfig, JobConfig, ModelConfig, PostprocessConfig, VizConfig
 from core.alignment import align
-from core.colmap_engine import ColmapEngine
-from core.export import EXPORT_FORMATS, export_scene
+from core.engines.colmap import ColmapEngine
 from core.inference import run_inference
-from core.pairs import make_pairs
-from core.postprocessing import point_masks, sparse_mask
-from core.preprocessing import ImageLoadError, list_image_files, load_images
+from core.inputs.pairs import make_pairs
+from core.inputs.preprocessing import ImageLoadError, list_image_files, load_images
+from core.outputs.export import EXPORT_FORMATS, export_scene
+from core.outputs.postprocessing import point_masks, sparse_mask
+from core.outputs.visualization import render_view_maps
 from core.types import Engine, InputImage, PairPredictions, ProgressFn, Scene
-from core.visualization import render_view_maps
 from model import get_model, resolve_device, select_autocast_dtype
 
 __all__ = [
@@ -861,7 +861,7 @@ def export(
 ) -> dict[str, Path]:
     """Write the scene's outputs with these display settings; nothing is re-run.
 
-    formats: names from :data:`core.export.EXPORT_FORMATS` (``glb``, ``ply``, ``obj``, ``colmap``,
+    formats: names from :data:`core.outputs.export.EXPORT_FORMATS` (``glb``, ``ply``, ``obj``, ``colmap``,
     ``json``, ``npz``, ``depth``, ``zip``). out_dir: default a fresh ``exports/<n>`` folder of
     the job, so concurrent exports never share a file. Returns format -> written path.
     """

@@ -29,7 +29,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import AppConfig, ColmapConfig  # noqa: E402
-from core.colmap_engine import ColmapEngine, relative_rotation_errors_deg  # noqa: E402
+from core.engines.colmap import ColmapEngine, relative_rotation_errors_deg  # noqa: E402
 
 
 def _load_gt(path: Path) -> dict[str, dict]:

@@ -27,9 +27,9 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from config import PostprocessConfig, VizConfig  # noqa: E402
-from core.export import export_scene, parse_formats  # noqa: E402
-from core.postprocessing import point_masks  # noqa: E402
-from core.visualization import scene_to_glb  # noqa: E402
+from core.outputs.export import export_scene, parse_formats  # noqa: E402
+from core.outputs.postprocessing import point_masks  # noqa: E402
+from core.outputs.visualization import scene_to_glb  # noqa: E402
 from tests.core.scene_factory import make_dense_scene  # noqa: E402
 
 

@@ -103,7 +103,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     import model as M
     from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference, view_cache_bytes
-    from core.pairs import make_pairs
+    from core.inputs.pairs import make_pairs
     from core.types import InputImage
 
     if args.threads:

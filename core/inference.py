@@ -30,7 +30,7 @@ alignment consumes (:class:`core.types.PairPredictions`), giving the reference's
    heads' large maps) before the first run.
 
 Single image: it is paired with a copy of itself, as the reference demo does
-(:func:`core.pairs.duplicate_single_image`): the result then has 2 views (the image, and the copy
+(:func:`core.inputs.pairs.duplicate_single_image`): the result then has 2 views (the image, and the copy
 named ``"<name> (copy)"``) and the pairs of ``make_pairs(2, scene_graph)``: (1, 0), (0, 1). The
 copy shares the image's encoding (one encoder pass).
 
@@ -53,7 +53,7 @@ import torch
 from config import InferenceConfig
 from core.allocator import tune_cpu_allocator
 from core.errors import InsufficientMemoryError
-from core.pairs import count_pairs, duplicate_single_image, make_pairs
+from core.inputs.pairs import count_pairs, duplicate_single_image, make_pairs
 from core.types import InputImage, PairPredictions, ProgressFn
 
 try:  # optional: only used to read the available RAM when installed

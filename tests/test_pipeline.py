@@ -15,7 +15,7 @@ import trimesh
 
 import pipeline
 from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig
-from core.preprocessing import ImageLoadError
+from core.inputs.preprocessing import ImageLoadError
 from core.types import PairPredictions
 
 

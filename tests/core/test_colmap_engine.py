@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from config import AppConfig, ColmapConfig
-from core.colmap_engine import (
+from core.engines.colmap import (
     STAGE_FEATURES,
     STAGE_MAPPING,
     STAGE_MATCHING,
@@ -24,7 +24,7 @@ from core.colmap_engine import (
     original_from_display,
     relative_rotation_errors_deg,
 )
-from core.preprocessing import ImageLoadError
+from core.inputs.preprocessing import ImageLoadError
 from tests.core.synthetic_render import render_orbit
 
 N_VIEWS = 8

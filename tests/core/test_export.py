@@ -13,7 +13,7 @@ import trimesh
 from PIL import Image
 
 from config import PostprocessConfig, VizConfig
-from core.export import (
+from core.outputs.export import (
     EXPORT_FORMATS,
     cam_from_world_qt,
     colmap_intrinsics,
@@ -23,8 +23,8 @@ from core.export import (
     skipped_formats,
     write_colmap,
 )
-from core.postprocessing import gather_points, point_masks, sparse_mask
-from core.visualization import scene_mesh
+from core.outputs.postprocessing import gather_points, point_masks, sparse_mask
+from core.outputs.visualization import scene_mesh
 from tests.core.scene_factory import make_dense_scene, make_sparse_scene
 
 POST = PostprocessConfig()

@@ -19,8 +19,8 @@ from core.inference import (
     estimate_memory,
     run_inference,
 )
-from core.pairs import make_pairs
-from core.preprocessing import load_images
+from core.inputs.pairs import make_pairs
+from core.inputs.preprocessing import load_images
 from core.types import InputImage, PairPredictions
 
 TINY = ["tiny_linear", "tiny_dpt"]

@@ -1,4 +1,4 @@
-"""core.pairs: scene graphs with the reference's pair sets and order."""
+"""core.inputs.pairs: scene graphs with the reference's pair sets and order."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.pairs import (
+from core.inputs.pairs import (
     count_pairs,
     duplicate_single_image,
     format_scene_graph,

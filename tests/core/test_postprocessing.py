@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from config import PostprocessConfig
-from core.postprocessing import (
+from core.outputs.postprocessing import (
     clean_pointcloud,
     confidence_masks,
     gather_points,

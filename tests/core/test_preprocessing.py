@@ -1,4 +1,4 @@
-"""core.preprocessing: reference-exact geometry and pixels, accepted formats, rejections."""
+"""core.inputs.preprocessing: reference-exact geometry and pixels, accepted formats, rejections."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import pytest
 import torch
 from PIL import Image, ImageEnhance, ImageFile
 
-import core.preprocessing as pp
+import core.inputs.preprocessing as pp
 from config import PreprocessConfig
-from core.preprocessing import (
+from core.inputs.preprocessing import (
     IMAGE_EXTENSIONS,
     ImageLoadError,
     list_image_files,

@@ -12,9 +12,8 @@ import trimesh
 from PIL import Image
 
 from config import PostprocessConfig, VizConfig
-from core.postprocessing import gather_points, point_masks, sparse_mask
-from core.types import Scene
-from core.visualization import (
+from core.outputs.postprocessing import gather_points, point_masks, sparse_mask
+from core.outputs.visualization import (
     OPENGL_FROM_OPENCV,
     depth_colormap,
     glb_from_world,
@@ -25,6 +24,7 @@ from core.visualization import (
     scene_to_glb,
     unique_stems,
 )
+from core.types import Scene
 from tests.core.scene_factory import make_dense_scene, make_sparse_scene
 
 

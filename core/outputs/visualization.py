@@ -1,7 +1,7 @@
 """What users look at: the GLB (mesh or point cloud with camera frustums) and per-view maps.
 
 The only module that uses trimesh and matplotlib. Everything reads a :class:`core.types.Scene`
-and keep masks (from :mod:`core.postprocessing`), never re-running the network or the alignment.
+and keep masks (from :mod:`core.outputs.postprocessing`), never re-running the network or the alignment.
 
 GLB frame: the scene is expressed in the FIRST camera's frame with OpenGL axes (x right, y up,
 z backwards), i.e. ``glb_from_world = diag(1, -1, -1, 1) @ cam_from_world[0]``. glTF viewers
@@ -29,7 +29,7 @@ from trimesh.visual import TextureVisuals
 from trimesh.visual.material import PBRMaterial
 
 from config import VizConfig
-from core.postprocessing import dense_maps, even_sample, gather_points, resolve_masks, transform_points
+from core.outputs.postprocessing import dense_maps, even_sample, gather_points, resolve_masks, transform_points
 from core.types import Scene
 
 __all__ = [

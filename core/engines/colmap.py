@@ -56,7 +56,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from config import AppConfig, ColmapConfig
 from core.errors import ColmapError
-from core.preprocessing import ImageLoadError, heif_available, to_rgb8
+from core.inputs.preprocessing import ImageLoadError, heif_available, to_rgb8
 from core.types import ProgressFn, Scene, SparsePoints
 
 try:  # optional dependency: the engine reports itself unavailable without it

@@ -19,7 +19,7 @@ and clear :class:`ImageLoadError` rejections (non-images, truncated files, image
 16-pixel patch, decompression bombs). Animated files give their first frame. None of these
 change the result for the 8-bit RGB/grayscale JPEG/PNG files the reference accepts.
 
-A single image is NOT duplicated here; the pair builder (``core.pairs``) does that.
+A single image is NOT duplicated here; the pair builder (``core.inputs.pairs``) does that.
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ from PIL import Image
 from scipy.spatial.transform import Rotation
 
 from config import PostprocessConfig, VizConfig
-from core.postprocessing import (
+from core.outputs.postprocessing import (
     PointSet,
     dense_maps,
     even_sample,
@@ -43,7 +43,7 @@ from core.postprocessing import (
     transform_points,
 )
 from core.types import Scene
-from core.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
+from core.outputs.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
 
 __all__ = [
     "EXPORT_FORMATS",
@@ -491,11 +491,11 @@ def export_scene(
 ) -> dict[str, Path]:
     """Write the requested formats into ``out_dir`` and return {key: path}.
 
-    masks: keep masks from :func:`core.postprocessing.point_masks` / ``sparse_mask`` (None =
+    masks: keep masks from :func:`core.outputs.postprocessing.point_masks` / ``sparse_mask`` (None =
     computed here with ``post_cfg``). formats: a subset of :data:`EXPORT_FORMATS`; ``zip`` means
     "everything, plus reconstruction.zip". Keys and files:
 
-    - ``glb``: ``scene.glb`` (:func:`core.visualization.scene_to_glb` with ``viz_cfg``).
+    - ``glb``: ``scene.glb`` (:func:`core.outputs.visualization.scene_to_glb` with ``viz_cfg``).
     - ``ply``: ``pointcloud.ply``, every kept point (world frame; see :func:`write_ply`).
     - ``obj``: ``mesh.obj``, pixel-grid mesh with vertex colours, at most ``viz_cfg.max_points``
       vertices (dense only).

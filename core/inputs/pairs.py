@@ -163,7 +163,7 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
     if n_images == 1:
         raise ValueError(
             "a single image is paired with a copy of itself: duplicate it first "
-            "(core.pairs.duplicate_single_image) so that n_images is 2"
+            "(core.inputs.pairs.duplicate_single_image) so that n_images is 2"
         )
     n = n_images
     k = param if param is not None else 0  # None only for "complete"

@@ -1,0 +1,1 @@
+"""Engines: image files -> aligned Scene. One module per engine, one registry."""

@@ -1,0 +1,1 @@
+"""Inputs: image files -> network inputs, and the image pairs the network sees."""
