@@ -1,19 +1,41 @@
 """All settings of the app, in one place.
 
-One frozen dataclass per concern, nested in :class:`AppConfig`. Override values with
-``dataclasses.replace(cfg.alignment, niter=500)``; every field is range-checked in
-``__post_init__`` so a bad value fails where it is set, with the value in the message.
+One frozen dataclass per concern, nested in :class:`AppConfig`. Every field has a docstring (the
+help text everywhere it is shown); choice fields are ``Literal`` types and ranges are field
+metadata (:func:`_num`), both checked once in ``__post_init__`` so a bad value fails where it is
+set, with the value in the message (:class:`core.errors.SettingsError`, a ``ValueError``).
+
+The user-facing settings are one table, :data:`SETTINGS`: flat name -> config section and field,
+type, allowed values, range, default and help, all read off the dataclasses. The CLI options
+(``main.py``), the page's widgets (``gradio_ui.py``) and the API parameters are built from it, and
+:func:`apply_settings` turns a flat mapping into an ``AppConfig`` for all of them. Adding a
+setting = a field here, a line in ``_TABLE``, and placing its widget.
+
+>>> cfg = apply_settings(AppConfig(), {"niter": 50, "scene_graph": "swin-2-noncyclic"})
+>>> cfg.alignment.niter, cfg.inference.scene_graph
+(50, 'swin-2-noncyclic')
+>>> SETTINGS["schedule"].choices
+('linear', 'cosine')
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
+
+from core.errors import SettingsError
+from core.inputs.pairs import SCENE_GRAPH_KINDS, SceneGraphKind, format_scene_graph, parse_scene_graph
+from core.settings import Setting, Validated, check, make_setting, num
 
 __all__ = [
     "OFFICIAL_CHECKPOINTS",
     "DEFAULT_CHECKPOINT",
+    "ENGINES",
+    "SCENE_GRAPH_KINDS",
     "ModelConfig",
     "InferenceConfig",
     "AlignmentConfig",
@@ -24,6 +46,13 @@ __all__ = [
     "JobConfig",
     "UIConfig",
     "AppConfig",
+    "Setting",
+    "SETTINGS",
+    "apply_settings",
+    "settings_of",
+    "parse_scene_graph",
+    "format_scene_graph",
+    "parse_focals",
 ]
 
 #: Short names of Naver's official checkpoints -> Hugging Face hub repo ids.
@@ -34,291 +63,297 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
 }
 DEFAULT_CHECKPOINT = OFFICIAL_CHECKPOINTS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]
 
+#: Engine names (the registry in :mod:`core.engines` holds one engine per name).
+ENGINES = ("dust3r", "colmap")
+EngineName = Literal["dust3r", "colmap"]
 
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
+
+# --------------------------------------------------------------------------------------------
+# Validation
+# --------------------------------------------------------------------------------------------
+
+
+# --------------------------------------------------------------------------------------------
+# Scene-graph names (parsed in core.inputs.pairs only) and focal lists
+# --------------------------------------------------------------------------------------------
+
+
+def _scene_graph_fields(name: str) -> dict[str, Any]:
+    """A scene-graph name -> the :class:`InferenceConfig` fields it sets."""
+    kind, param, cyclic = parse_scene_graph(name)
+    out: dict[str, Any] = {"graph": kind}
+    if kind in ("swin", "logwin"):
+        out.update(window_size=param, cyclic=cyclic)
+    elif kind == "oneref":
+        out["ref_image"] = param
+    return out
+
+
+def parse_focals(text: str | float | tuple | None) -> tuple[float, ...] | None:
+    """``"480"`` or ``"480,500"`` (pixels) -> a tuple; empty -> None (estimate).
+
+    >>> parse_focals("480, 500"), parse_focals("")
+    ((480.0, 500.0), None)
+    """
+    if text is None or isinstance(text, tuple):
+        return text
+    if isinstance(text, (int, float)):
+        return (float(text),)
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError as e:
+        raise SettingsError(
+            f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}"
+        ) from e
+    return values or None
+
+
+# --------------------------------------------------------------------------------------------
+# The settings, by concern
+# --------------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
-class ModelConfig:
+class ModelConfig(Validated):
     """Which network to load and where."""
 
     checkpoint: str = DEFAULT_CHECKPOINT
-    """Hub repo id, official short name, local folder, ``.safetensors`` or ``.pth`` file."""
+    """Hub repo id, official short name, local folder, .safetensors or .pth file."""
     device: str = "auto"
-    """``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda`` or ``cuda:N``."""
+    """auto (CUDA if present, else CPU), cpu, cuda or cuda:N."""
     cache_dir: str | None = None
     """Hugging Face cache folder; None = huggingface_hub's default (HF_HOME)."""
 
 
 @dataclass(frozen=True)
-class PreprocessConfig:
+class PreprocessConfig(Validated):
     """How uploads become network inputs (reference rules, FORMAT.md section 3)."""
 
-    image_size: int = 512
-    """Long side in pixels (multiple of 16), or 224 for the square-crop mode."""
+    image_size: int = num(512, 16)
+    """Long side of the network input in pixels, a multiple of 16; 224 = square mode of the 224 model."""
     square_ok: bool = False
     """Keep square images square (otherwise cropped to 4:3, as the reference does)."""
     enhance: bool = False
-    """Contrast/sharpness enhancement before the network (trained without it: off by default)."""
-    contrast: float = 1.2
-    """Contrast factor used when ``enhance`` is on."""
-    sharpness: float = 1.5
-    """Sharpness factor used when ``enhance`` is on."""
-    max_pixels: int = 100_000_000
+    """Contrast/sharpness enhancement before the network (it was trained without it)."""
+    contrast: float = num(1.2, above=0)
+    """Contrast factor used when enhance is on."""
+    sharpness: float = num(1.5, above=0)
+    """Sharpness factor used when enhance is on."""
+    max_pixels: int = num(100_000_000, above=0)
     """Decompression-bomb guard: images with more pixels are rejected."""
-    min_side: int = 16
+    min_side: int = num(16, 1)
     """Smallest accepted width/height of an upload (pixels, after EXIF): one 16-pixel patch."""
 
-    def __post_init__(self) -> None:
-        _check(
-            self.image_size >= 16 and self.image_size % 16 == 0,
-            f"image_size must be a positive multiple of 16, got {self.image_size}",
-        )
-        _check(
-            self.contrast > 0 and self.sharpness > 0,
-            f"contrast and sharpness must be > 0, got {self.contrast}, {self.sharpness}",
-        )
-        _check(self.max_pixels > 0, f"max_pixels must be > 0, got {self.max_pixels}")
-        _check(self.min_side >= 1, f"min_side must be >= 1, got {self.min_side}")
+    def _extra_checks(self) -> None:
+        check(self.image_size % 16 == 0, f"image_size must be a positive multiple of 16, got {self.image_size}")
 
 
 @dataclass(frozen=True)
-class InferenceConfig:
-    """Pair inference."""
+class InferenceConfig(Validated):
+    """Pair inference. The scene graph is four fields; :attr:`scene_graph` is its name."""
 
-    scene_graph: str = "complete"
-    """``complete``, ``swin-K[-noncyclic]``, ``logwin-K[-noncyclic]`` or ``oneref-I``."""
+    graph: SceneGraphKind = "complete"
+    """Which image pairs go through the network: complete (every pair), swin (each image with the next ones),
+    logwin (neighbours at 1, 2, 4, ...), oneref (every image with one reference)."""
+    window_size: int = num(3, 1)
+    """swin/logwin: window size K."""
+    cyclic: bool = True
+    """swin/logwin: the last images pair with the first."""
+    ref_image: int = num(0, 0)
+    """oneref: index of the reference image."""
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """``auto``: bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32."""
-    batch_size: int = 0
+    """Network precision; auto = bf16/fp16 autocast on CUDA, bf16 on CPUs with native bf16, else fp32."""
+    batch_size: int = num(0, 0)
     """Pairs decoded together (same shapes only); 0 = auto: 8 on CUDA, 1 on CPU (measured faster there)."""
-    memory_fraction: float = 0.9
+    memory_fraction: float = num(0.9, hi=1, above=0)
     """Fraction of free device memory the run may plan to use before it refuses to start."""
-    view_cache_gb: float = 1.0
+    view_cache_gb: float = num(1.0, 0)
     """Memory for the per-view part of the DPT heads (computed once per view, reused by every
     pair the view is in; least recently used out first); 0 = recompute it for every pair."""
     tune_cpu_allocator: bool = True
     """On CPU (glibc), keep freed memory for reuse instead of returning it to the OS, so large
-    tensors do not pay page faults on every allocation (``core.allocator``); the process then
-    keeps its peak memory after a run."""
+    tensors do not pay page faults on every allocation; the process then keeps its peak memory."""
 
-    def __post_init__(self) -> None:
-        _check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = auto), got {self.batch_size}")
-        _check(self.view_cache_gb >= 0, f"view_cache_gb must be >= 0, got {self.view_cache_gb}")
-        _check(0 < self.memory_fraction <= 1, f"memory_fraction must be in (0, 1], got {self.memory_fraction}")
+    @property
+    def scene_graph(self) -> str:
+        """The graph's name: ``complete``, ``swin-3``, ``logwin-2-noncyclic``, ``oneref-0``."""
+        param = self.window_size if self.graph in ("swin", "logwin") else self.ref_image
+        return format_scene_graph(self.graph, param, cyclic=self.cyclic)
+
+    @classmethod
+    def with_graph(cls, name: str, **fields: Any) -> InferenceConfig:
+        """An InferenceConfig from a scene-graph name (``swin-3-noncyclic``) plus other fields."""
+        return cls(**_scene_graph_fields(name), **fields)
 
 
 @dataclass(frozen=True)
-class AlignmentConfig:
+class AlignmentConfig(Validated):
     """Global alignment (FORMAT.md section 6)."""
 
-    niter: int = 300
-    """Adam iterations (3+ images)."""
+    niter: int = num(300, 0)
+    """Adam iterations (3+ images); more = tighter fit, slower. 2 images need none."""
     schedule: Literal["linear", "cosine"] = "linear"
-    """Learning-rate schedule (the demo's default is linear)."""
-    lr: float = 0.01
+    """Learning-rate schedule (the reference demo's default is linear)."""
+    lr: float = num(0.01, above=0)
     """Initial learning rate."""
-    lr_min: float = 1e-6
+    lr_min: float = num(1e-6, 0)
     """Final learning rate."""
-    min_conf_thr: float = 3.0
-    """Raw-confidence threshold used by the init (PnP mask) and the masks."""
+    min_conf_thr: float = num(3.0, 0)
+    """Raw confidence (>= 1) a pixel needs to be used by the alignment's initialisation (its PnP masks).
+    The display threshold is a separate setting: it never changes the alignment."""
     init: Literal["mst"] = "mst"
     """Initialisation method."""
     mst_stale_focal: bool = True
     """Keep the reference 'mst' quirk (a focal estimated from the previous tree edge's points); False = own pair."""
     shared_focal: bool = False
-    """Optimise one focal length shared by all images."""
+    """Optimise one focal length shared by all images (one camera, one zoom)."""
     known_focal: tuple[float, ...] | None = None
-    """Fixed focal length(s) in pixels of the processed image: one value, or one per image."""
+    """Fixed focal length(s) in pixels of the network input: one value, or one per image; empty = estimate."""
     early_stop: bool = False
-    """Stop early on a loss plateau (off by default: reference parity; see README for the figures)."""
-    early_stop_patience: int = 30
+    """Stop when the loss stops improving (off by default: reference parity)."""
+    early_stop_patience: int = num(30, 1)
     """Window (iterations): the mean loss of the last window is compared with the window before."""
     early_stop_tol: float = 1e-3
     """Plateau when the mean loss improves by less than this relative amount per iteration."""
-    early_stop_anneal: int = 60
+    early_stop_anneal: int = num(60, 1)
     """After a plateau, iterations over which lr decays to lr_min before stopping (early stop only)."""
 
-    def __post_init__(self) -> None:
-        _check(self.niter >= 0, f"niter must be >= 0, got {self.niter}")
-        _check(self.lr > 0 and self.lr_min >= 0, f"lr must be > 0 and lr_min >= 0, got {self.lr}, {self.lr_min}")
-        _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
-        _check(
-            self.known_focal is None or all(f > 0 for f in self.known_focal),
+    def _extra_checks(self) -> None:
+        check(
+            self.known_focal is None or all(f > 0 and math.isfinite(f) for f in self.known_focal),
             f"known focal lengths must be > 0, got {self.known_focal}",
         )
-        _check(self.early_stop_patience >= 1, f"early_stop_patience must be >= 1, got {self.early_stop_patience}")
-        _check(self.early_stop_anneal >= 1, f"early_stop_anneal must be >= 1, got {self.early_stop_anneal}")
-        _check(isinstance(self.mst_stale_focal, bool), f"mst_stale_focal must be a bool, got {self.mst_stale_focal!r}")
 
 
 @dataclass(frozen=True)
-class PostprocessConfig:
-    """Which points of the aligned scene are shown and exported."""
+class PostprocessConfig(Validated):
+    """Which points of the aligned scene are shown and exported (display only: never re-runs anything)."""
 
-    min_conf_thr: float = 3.0
-    """A point is kept when its raw confidence (1 + exp(x), always > 1) is strictly above this."""
+    min_conf_thr: float = num(3.0, 0)
+    """Raw confidence (> 1) a point needs to be shown and exported; higher = fewer, surer points."""
     clean_depth: bool = True
     """Drop points lying in front of another view's surface with lower confidence."""
     outlier_removal: bool = True
-    """Statistical outlier removal (mean distance to k nearest neighbours)."""
-    outlier_neighbors: int = 16
+    """Statistical outlier removal (isolated floating points)."""
+    outlier_neighbors: int = num(16, 1)
     """k for statistical outlier removal."""
-    outlier_std: float = 2.0
+    outlier_std: float = num(2.0, above=0)
     """Points whose mean neighbour distance exceeds mean + std_ratio * std are dropped."""
     largest_component: bool = False
     """Keep only the largest connected object."""
     mask_sky: bool = False
     """Drop bright, low-texture, far pixels at the top of the images (heuristic sky mask)."""
-    component_radius: float = 8.0
+    component_radius: float = num(8.0, above=0)
     """Neighbour radius of the connected-object graph, in median nearest-neighbour distances."""
-    filter_max_points: int = 60_000
+    filter_max_points: int = num(60_000, 1000)
     """Outlier/object filters run on at most this many evenly sampled points; the rest follow their nearest sample."""
-    colmap_max_points: int = 100_000
+    colmap_max_points: int = num(100_000, 1)
     """Most 3D points written to the COLMAP model (evenly sampled from the kept points)."""
-
-    def __post_init__(self) -> None:
-        _check(self.min_conf_thr >= 0, f"min_conf_thr must be >= 0, got {self.min_conf_thr}")
-        _check(self.outlier_neighbors >= 1, f"outlier_neighbors must be >= 1, got {self.outlier_neighbors}")
-        _check(self.outlier_std > 0, f"outlier_std must be > 0, got {self.outlier_std}")
-        _check(self.component_radius > 0, f"component_radius must be > 0, got {self.component_radius}")
-        _check(self.filter_max_points >= 1000, f"filter_max_points must be >= 1000, got {self.filter_max_points}")
-        _check(self.colmap_max_points >= 1, f"colmap_max_points must be >= 1, got {self.colmap_max_points}")
 
 
 @dataclass(frozen=True)
-class VizConfig:
+class VizConfig(Validated):
     """How the scene is drawn in the GLB and the gallery."""
 
     as_pointcloud: bool = False
-    """Coloured point cloud instead of a mesh."""
+    """Show the scene as a coloured point cloud instead of a mesh (pixel grids)."""
     show_cameras: bool = True
     """Draw a frustum per view."""
-    cam_size: float = 0.05
-    """Frustum size, as a fraction of the scene extent."""
+    cam_size: float = num(0.05, above=0)
+    """Camera frustum size, as a fraction of the scene extent."""
     cam_image: bool = True
     """Show each image on its frustum."""
     cam_transparent: bool = False
     """Draw frustums semi-transparent."""
-    max_points: int = 1_000_000
+    max_points: int = num(1_000_000, 1000)
     """Points/vertices above this are subsampled."""
     depth_cmap: str = "turbo"
     """Matplotlib colormap for depth maps."""
     conf_cmap: str = "magma"
     """Matplotlib colormap for confidence maps."""
-    mesh_depth_jump: float = 0.05
+    mesh_depth_jump: float = num(0.05, above=0)
     """Mesh triangles whose vertex depths differ by more than this fraction (max/min - 1) are not drawn."""
-
-    def __post_init__(self) -> None:
-        _check(self.cam_size > 0, f"cam_size must be > 0, got {self.cam_size}")
-        _check(self.max_points >= 1000, f"max_points must be >= 1000, got {self.max_points}")
-        _check(self.mesh_depth_jump > 0, f"mesh_depth_jump must be > 0, got {self.mesh_depth_jump}")
 
 
 @dataclass(frozen=True)
-class ColmapConfig:
+class ColmapConfig(Validated):
     """Classical structure-from-motion engine (pycolmap)."""
 
     matcher: Literal["auto", "exhaustive", "sequential"] = "auto"
-    """``auto``: exhaustive for small sets, sequential for long ordered captures."""
-    exhaustive_max_images: int = 40
-    """``auto`` switches to sequential matching above this many images."""
+    """Feature matching; auto = exhaustive for small sets, sequential for long ordered captures."""
+    exhaustive_max_images: int = num(40, 2)
+    """auto switches to sequential matching above this many images."""
     mapper: Literal["global", "incremental"] = "global"
     """Mapping method."""
-    max_image_size: int = 2000
+    max_image_size: int = num(2000, 0)
     """SIFT runs on images downscaled to this long side (0 = original size)."""
     camera_model: Literal["SIMPLE_RADIAL", "RADIAL", "OPENCV", "SIMPLE_PINHOLE", "PINHOLE"] = "SIMPLE_RADIAL"
     """COLMAP camera model; the scene keeps its pinhole part (distortion is reported, not applied)."""
-    sequential_overlap: int = 10
+    sequential_overlap: int = num(10, 1)
     """Sequential matching: each image is matched with this many following ones (plus 2^k jumps)."""
-    max_num_features: int = 8192
+    max_num_features: int = num(8192, 100)
     """Most SIFT features kept per image."""
-    num_threads: int = 0
+    num_threads: int = num(0, 0)
     """CPU threads for extraction, matching and mapping (0 = every core this process may use)."""
-    display_max_size: int = 1024
+    display_max_size: int = num(1024, 64)
     """Long side of the images stored in the scene (intrinsics refer to these images)."""
-
-    def __post_init__(self) -> None:
-        _check(self.exhaustive_max_images >= 2, f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
-        _check(self.max_image_size >= 0, f"max_image_size must be >= 0, got {self.max_image_size}")
-        _check(self.sequential_overlap >= 1, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
-        _check(self.max_num_features >= 100, f"max_num_features must be >= 100, got {self.max_num_features}")
-        _check(self.num_threads >= 0, f"num_threads must be >= 0, got {self.num_threads}")
-        _check(self.display_max_size >= 64, f"display_max_size must be >= 64, got {self.display_max_size}")
 
 
 @dataclass(frozen=True)
-class JobConfig:
+class JobConfig(Validated):
     """Where runs write their files and how long they are kept."""
 
     output_root: Path = Path("outputs")
-    """Every run gets its own folder below this."""
-    max_age_hours: float = 24.0
+    """Folder for the jobs; every run gets its own folder below it."""
+    max_age_hours: float = num(24.0, above=0)
     """Jobs older than this are deleted (never the current session's)."""
-    max_total_mb: float = 5000.0
+    max_total_mb: float = num(5000.0, above=0)
     """Oldest jobs are deleted while the root is larger than this."""
     save_pairs: bool = True
-    """Keep DUSt3R pair predictions (pairs.npz, ~6 MB per pair at 512x384) for re-alignment."""
+    """Keep the DUSt3R pair predictions (pairs.npz, ~6 MB per pair at 512x384) for re-alignment."""
     keep_session_jobs: bool = True
     """Keep a browser session's jobs after its tab closes (then cleaned by age/size); False deletes them."""
 
-    def __post_init__(self) -> None:
-        _check(self.max_age_hours > 0, f"max_age_hours must be > 0, got {self.max_age_hours}")
-        _check(self.max_total_mb > 0, f"max_total_mb must be > 0, got {self.max_total_mb}")
-        _check(
-            isinstance(self.save_pairs, bool) and isinstance(self.keep_session_jobs, bool),
-            f"save_pairs and keep_session_jobs must be bools, got {self.save_pairs!r}, {self.keep_session_jobs!r}",
-        )
-
 
 @dataclass(frozen=True)
-class UIConfig:
+class UIConfig(Validated):
     """The web app."""
 
     host: str = "127.0.0.1"
     """Address to bind (loopback by default)."""
-    port: int = 7860
+    port: int = num(7860, 1, 65535)
     """Port to bind."""
     share: bool = False
-    """Create a public Gradio share link."""
-    max_images: int = 32
-    """Largest upload count per run."""
-    max_upload_mb: float = 50.0
+    """Create a public Gradio share link (off unless given)."""
+    max_images: int = num(32, 2)
+    """Most images per run."""
+    max_upload_mb: float = num(50.0, above=0)
     """Largest single upload."""
-    concurrency_limit: int = 1
+    concurrency_limit: int = num(1, 1)
     """Reconstructions run at once per device."""
-    queue_size: int = 16
+    queue_size: int = num(16, 1)
     """Most requests waiting in the queue; more are refused with a 'queue full' message."""
-    max_niter: int = 2000
+    max_niter: int = num(2000, 1)
     """Upper end of the iterations slider."""
-    max_conf_thr: float = 20.0
-    """Upper end of the confidence-threshold slider (raw confidence, >= 1)."""
-    max_cam_size: float = 0.2
+    max_conf_thr: float = num(20.0, above=1)
+    """Upper end of the confidence-threshold sliders (raw confidence, >= 1)."""
+    max_cam_size: float = num(0.2, above=0)
     """Upper end of the camera-size slider (fraction of the scene extent)."""
-    viewer_height: int = 560
+    viewer_height: int = num(560, 200)
     """Height of the 3D viewer in pixels (outside fullscreen)."""
-    cache_clean_s: int = 3600
+    cache_clean_s: int = num(3600, 60)
     """How often Gradio's cache of served files is cleaned (seconds); files older than the jobs' max age go."""
-
-    def __post_init__(self) -> None:
-        _check(0 < self.port < 65536, f"port must be in 1..65535, got {self.port}")
-        _check(self.max_images >= 2, f"max_images must be >= 2, got {self.max_images}")
-        _check(self.max_upload_mb > 0, f"max_upload_mb must be > 0, got {self.max_upload_mb}")
-        _check(self.concurrency_limit >= 1, f"concurrency_limit must be >= 1, got {self.concurrency_limit}")
-        _check(self.queue_size >= 1, f"queue_size must be >= 1, got {self.queue_size}")
-        _check(self.max_niter >= 1, f"max_niter must be >= 1, got {self.max_niter}")
-        _check(self.max_conf_thr > 1, f"max_conf_thr must be > 1, got {self.max_conf_thr}")
-        _check(self.max_cam_size > 0, f"max_cam_size must be > 0, got {self.max_cam_size}")
-        _check(self.viewer_height >= 200, f"viewer_height must be >= 200, got {self.viewer_height}")
-        _check(self.cache_clean_s >= 60, f"cache_clean_s must be >= 60, got {self.cache_clean_s}")
 
 
 @dataclass(frozen=True)
-class AppConfig:
+class AppConfig(Validated):
     """Everything, nested by concern."""
 
+    engine: EngineName = "dust3r"
+    """Reconstruction engine: dust3r (neural, works from 2 photos) or colmap (classical SfM, no weights)."""
     model: ModelConfig = field(default_factory=ModelConfig)
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     inference: InferenceConfig = field(default_factory=InferenceConfig)
@@ -328,3 +363,108 @@ class AppConfig:
     colmap: ColmapConfig = field(default_factory=ColmapConfig)
     jobs: JobConfig = field(default_factory=JobConfig)
     ui: UIConfig = field(default_factory=UIConfig)
+
+
+# --------------------------------------------------------------------------------------------
+# The table of user-facing settings
+# --------------------------------------------------------------------------------------------
+
+#: Where each setting is used: ``model`` (network choice), ``input`` (reconstruct only), ``align``
+#: (reconstruct, re-align), ``display`` (re-export only), ``server`` (the web app's process).
+Group = Literal["model", "input", "align", "display", "server"]
+
+
+def _view_mode(value: Any) -> bool:
+    if value not in _VIEW_MODES:
+        raise SettingsError(f"view_mode must be 'mesh' or 'pointcloud', got {value!r}")
+    return value == "pointcloud"
+
+
+_VIEW_MODES = ("mesh", "pointcloud")
+_VIEW = (_view_mode, lambda as_pointcloud: _VIEW_MODES[bool(as_pointcloud)], _VIEW_MODES)
+_FOCALS = (parse_focals, lambda v: ",".join(f"{f:g}" for f in v or ()))
+
+
+#: flat name, "section.field", group, and for the few that need them (parse, show, choices).
+_TABLE: tuple[tuple, ...] = (
+    ("checkpoint", "model.checkpoint", "model"),
+    ("device", "model.device", "model"),
+    ("image_size", "preprocess.image_size", "model"),
+    ("engine", "engine", "input"),
+    ("enhance", "preprocess.enhance", "input"),
+    ("scene_graph", "inference.graph", "input"),
+    ("window_size", "inference.window_size", "input"),
+    ("cyclic", "inference.cyclic", "input"),
+    ("ref_image", "inference.ref_image", "input"),
+    ("precision", "inference.precision", "input"),
+    ("matcher", "colmap.matcher", "input"),
+    ("mapper", "colmap.mapper", "input"),
+    ("save_pairs", "jobs.save_pairs", "input"),
+    ("niter", "alignment.niter", "align"),
+    ("schedule", "alignment.schedule", "align"),
+    ("lr", "alignment.lr", "align"),
+    ("init_conf_thr", "alignment.min_conf_thr", "align"),
+    ("known_focal", "alignment.known_focal", "align", *_FOCALS),
+    ("shared_focal", "alignment.shared_focal", "align"),
+    ("early_stop", "alignment.early_stop", "align"),
+    ("min_conf_thr", "postprocess.min_conf_thr", "display"),
+    ("view_mode", "viz.as_pointcloud", "display", *_VIEW),
+    ("clean_depth", "postprocess.clean_depth", "display"),
+    ("outlier_removal", "postprocess.outlier_removal", "display"),
+    ("largest_component", "postprocess.largest_component", "display"),
+    ("mask_sky", "postprocess.mask_sky", "display"),
+    ("cam_size", "viz.cam_size", "display"),
+    ("show_cameras", "viz.show_cameras", "display"),
+    ("cam_transparent", "viz.cam_transparent", "display"),
+    ("cam_image", "viz.cam_image", "display"),
+    ("host", "ui.host", "server"),
+    ("port", "ui.port", "server"),
+    ("share", "ui.share", "server"),
+    ("max_images", "ui.max_images", "server"),
+    ("output_root", "jobs.output_root", "server"),
+)
+
+
+#: The user-facing settings by flat name (the CLI, the page and the API are built from it).
+SETTINGS: dict[str, Setting] = {row[0]: make_setting(AppConfig, *row) for row in _TABLE}
+
+
+def settings_of(*groups: str) -> tuple[Setting, ...]:
+    """The settings of these groups, in table order."""
+    return tuple(s for s in SETTINGS.values() if s.group in groups)
+
+
+def _expand(name: str, value: Any) -> dict[str, Any]:
+    """One flat (name, value) -> field values keyed by setting name (a scene-graph name sets up to three)."""
+    if name == "scene_graph" and isinstance(value, str) and value.strip().lower() not in SCENE_GRAPH_KINDS:
+        fields = _scene_graph_fields(value)
+        return {"scene_graph" if k == "graph" else k: v for k, v in fields.items()}
+    return {name: SETTINGS[name].to_field(value)}
+
+
+def apply_settings(cfg: AppConfig, settings: Mapping[str, Any]) -> AppConfig:
+    """A flat settings mapping (names of :data:`SETTINGS`) -> a new AppConfig; None values are skipped.
+
+    Raises SettingsError (a ValueError) naming the setting for an unknown name or a bad value.
+    """
+    unknown = sorted(set(settings) - set(SETTINGS))
+    if unknown:
+        raise SettingsError(f"unknown setting(s) {unknown}; known: {', '.join(SETTINGS)}")
+    values: dict[str, Any] = {}
+    for name, value in settings.items():
+        if value is not None:
+            values.update(_expand(name, value))
+    by_section: dict[str, dict[str, Any]] = {}
+    for name, value in values.items():
+        s = SETTINGS[name]
+        by_section.setdefault(s.section, {})[s.field] = value
+    top = by_section.pop("", {})
+    changes = {sec: dataclasses.replace(getattr(cfg, sec), **fields) for sec, fields in by_section.items()}
+    return dataclasses.replace(cfg, **changes, **top)
+
+
+def current_value(cfg: AppConfig, name: str) -> Any:
+    """A setting's value in ``cfg``, in the user's form."""
+    s = SETTINGS[name]
+    value = getattr(getattr(cfg, s.section) if s.section else cfg, s.field)
+    return s.show(value) if s.show else value

@@ -24,24 +24,29 @@ import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
-from config import AppConfig
+from config import SETTINGS, AppConfig, Setting, apply_settings, current_value, settings_of
+from core.errors import (
+    EXIT_FAILED,
+    EXIT_INPUT,
+    EXIT_INTERNAL,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    EXIT_WEIGHTS,
+    SettingsError,
+    UserError,
+    exit_code_for,
+)
+from core.outputs.export import EXPORT_FORMATS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INPUT", "EXIT_WEIGHTS"]
 
 logger = logging.getLogger("main")
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-EXIT_INPUT = 3
-EXIT_WEIGHTS = 4
-EXIT_INTERNAL = 70
-EXIT_INTERRUPTED = 130
-
 _COMMANDS = ("reconstruct", "align")
 
 
-class UsageError(Exception):
+class UsageError(SettingsError):
     """A bad command line (unknown option, bad value)."""
 
 
@@ -53,198 +58,89 @@ class _Parser(argparse.ArgumentParser):
 
 
 # --------------------------------------------------------------------------------------------
-# Command line
+# Command line, built from config.SETTINGS
 # --------------------------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected a value >= 0, got {value}")
-    return value
+def _argument_type(s: Setting):
+    """argparse ``type=`` for a numeric setting: a number with the setting's name in the error."""
+
+    def convert(text: str):
+        try:
+            return s.to_field(text)
+        except SettingsError as e:
+            raise argparse.ArgumentTypeError(f"expected {s.type.__name__}, got {text!r}") from e
+
+    return convert if s.type in (int, float) and s.parse is None else None
 
 
-def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from e
+def _add_setting(group, s: Setting, defaults: AppConfig) -> None:
+    """One option from the table; absent options keep the config's value (default=SUPPRESS)."""
+    default = current_value(defaults, s.name)
+    shown = default if default not in ("", None) else "none"
+    kwargs: dict = {"default": argparse.SUPPRESS, "help": f"{s.help} (default: {shown})"}
+    if s.type is bool:
+        kwargs["action"] = argparse.BooleanOptionalAction
+    else:
+        kwargs["type"] = _argument_type(s)
+        kwargs["metavar"] = s.name.upper() if s.choices is None else None
+        kwargs["choices"] = s.choices if s.name != "scene_graph" else None
+        if s.type is Path:
+            kwargs["type"] = Path
+    group.add_argument(s.flag, **{k: v for k, v in kwargs.items() if v is not None})
 
 
-def _image_size(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from e
-    if value < 16 or value % 16:
-        raise argparse.ArgumentTypeError(f"must be a positive multiple of 16 (224 = square mode), got {value}")
-    return value
-
-
-def _focals(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(v) for v in text.split(",") if v.strip())
-    except ValueError as e:
-        raise argparse.ArgumentTypeError(f"expected a focal length in pixels or a comma list, got {text!r}") from e
-    if not values or any(not v > 0 for v in values):
-        raise argparse.ArgumentTypeError(f"focal lengths must be > 0, got {text!r}")
-    return values
-
-
-def _model_options(p: argparse.ArgumentParser, defaults: AppConfig, *, inherit: bool = False) -> None:
-    """Model options. With ``inherit`` (sub-commands), an option left out keeps the value given before
-    the command (``main.py --device cpu reconstruct ...``) instead of being reset to its default."""
-    g = p.add_argument_group("model")
-    values = {
-        "checkpoint": defaults.model.checkpoint,
-        "device": defaults.model.device,
-        "image_size": defaults.preprocess.image_size,
+def _add_settings(p: argparse.ArgumentParser, defaults: AppConfig, *groups: str) -> None:
+    titles = {
+        "model": "model",
+        "input": "engine and pairs",
+        "align": "global alignment",
+        "display": "display",
+        "server": "web app",
     }
-    dflt = {k: (argparse.SUPPRESS if inherit else v) for k, v in values.items()}
-    g.add_argument(
-        "--checkpoint",
-        default=dflt["checkpoint"],
-        help=f"hub repo id, official short name, local folder, .safetensors or .pth (default: {values['checkpoint']})",
-    )
-    g.add_argument("--device", default=dflt["device"], help=f"auto, cpu, cuda, cuda:N (default: {values['device']})")
-    g.add_argument(
-        "--image-size",
-        type=_image_size,
-        default=dflt["image_size"],
-        help=f"long side of the network input, a multiple of 16; 224 = square mode (default: {values['image_size']})",
-    )
+    for g in groups:
+        arg_group = p.add_argument_group(titles[g])
+        for s in settings_of(g):
+            _add_setting(arg_group, s, defaults)
 
 
-def _run_options(p: argparse.ArgumentParser, defaults: AppConfig, *, images: bool) -> None:
-    a = defaults.alignment
-    if images:
-        g = p.add_argument_group("engine and pairs")
-        g.add_argument("--engine", choices=("dust3r", "colmap"), default="dust3r", help="default: %(default)s")
-        g.add_argument(
-            "--scene-graph",
-            default=defaults.inference.scene_graph,
-            help="complete, swin-K[-noncyclic], logwin-K[-noncyclic] or oneref-I (default: %(default)s)",
-        )
-        g.add_argument(
-            "--precision",
-            choices=("auto", "fp32", "bf16", "fp16"),
-            default=defaults.inference.precision,
-            help="network precision (default: %(default)s)",
-        )
-        g.add_argument(
-            "--enhance",
-            action="store_true",
-            help="contrast/sharpness enhancement before the network (it was trained without it)",
-        )
-        g.add_argument(
-            "--matcher",
-            choices=("auto", "exhaustive", "sequential"),
-            default=defaults.colmap.matcher,
-            help="COLMAP matcher (default: %(default)s)",
-        )
-        g.add_argument(
-            "--mapper",
-            choices=("global", "incremental"),
-            default=defaults.colmap.mapper,
-            help="COLMAP mapper (default: %(default)s)",
-        )
-    g = p.add_argument_group("global alignment")
-    g.add_argument("--niter", type=_positive_int, default=a.niter, help="iterations (default: %(default)s)")
-    g.add_argument("--schedule", choices=("linear", "cosine"), default=a.schedule, help="default: %(default)s")
-    g.add_argument("--lr", type=_float, default=a.lr, help="learning rate (default: %(default)s)")
-    g.add_argument(
-        "--min-conf-thr",
-        type=_float,
-        default=a.min_conf_thr,
-        help="raw confidence (>= 1) a pixel needs to be used and shown (default: %(default)s)",
-    )
-    g.add_argument(
-        "--known-focal",
-        type=_focals,
-        default=None,
-        metavar="F[,F...]",
-        help="fixed focal length(s) in pixels of the network input: one, or one per image",
-    )
-    g.add_argument("--shared-focal", action="store_true", help="optimise one focal length for all images")
-    g.add_argument(
-        "--early-stop",
-        action=argparse.BooleanOptionalAction,
-        default=a.early_stop,
-        help="stop when the loss stops improving (default: %(default)s)",
-    )
+def _output_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("outputs")
     g.add_argument("--output", "-o", required=True, type=Path, metavar="DIR", help="output folder")
-    g.add_argument("--as-pointcloud", action="store_true", help="GLB as a point cloud instead of a mesh")
+    g.add_argument(
+        "--as-pointcloud",
+        action="store_const",
+        const="pointcloud",
+        dest="view_mode",
+        default=argparse.SUPPRESS,
+        help="GLB as a point cloud instead of a mesh (= --view-mode pointcloud)",
+    )
     g.add_argument(
         "--export",
         default="glb,npz",
         metavar="LIST",
-        help="comma list of glb, ply, obj, colmap, json, npz, depth, zip, or 'all' "
+        help=f"comma list of {', '.join(EXPORT_FORMATS)}, or 'all' "
         "(scene.npz, scene.glb and manifest.json are always written)",
     )
-    if images:
-        g.add_argument("--save-pairs", action="store_true", help="also write the pair predictions to DIR/pairs.npz")
-    post = defaults.postprocess
-    g.add_argument(
-        "--clean-depth",
-        action=argparse.BooleanOptionalAction,
-        default=post.clean_depth,
-        help="drop points hidden behind other views' surfaces (default: %(default)s)",
-    )
-    g.add_argument(
-        "--outlier-removal",
-        action=argparse.BooleanOptionalAction,
-        default=post.outlier_removal,
-        help="statistical outlier removal (default: %(default)s)",
-    )
-    g.add_argument(
-        "--largest-component",
-        action=argparse.BooleanOptionalAction,
-        default=post.largest_component,
-        help="keep only the largest connected object (default: %(default)s)",
-    )
-    g.add_argument(
-        "--mask-sky",
-        action=argparse.BooleanOptionalAction,
-        default=post.mask_sky,
-        help="drop sky-like pixels (default: %(default)s)",
-    )
-    g.add_argument(
-        "--cam-size",
-        type=_float,
-        default=defaults.viz.cam_size,
-        help="camera frustum size, fraction of the scene extent (default: %(default)s)",
-    )
-    g.add_argument(
-        "--show-cameras",
-        action=argparse.BooleanOptionalAction,
-        default=defaults.viz.show_cameras,
-        help="draw the cameras in the GLB (default: %(default)s)",
-    )
+    g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
+
+
+def cli_defaults() -> AppConfig:
+    """The CLI's defaults: the app's, except that pair predictions are kept only on request."""
+    cfg = AppConfig()
+    return dataclasses.replace(cfg, jobs=dataclasses.replace(cfg.jobs, save_pairs=False))
 
 
 def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
     """The top-level parser (web app options) with the ``reconstruct`` and ``align`` commands."""
-    defaults = defaults if defaults is not None else AppConfig()
+    defaults = defaults if defaults is not None else cli_defaults()
     parser = _Parser(
         prog="main.py",
         description="DUSt3R / COLMAP 3D reconstruction: web app and headless commands.",
         epilog="commands: 'main.py reconstruct --help', 'main.py align --help'",
     )
-    parser.add_argument("--host", default=defaults.ui.host, help="address to bind (default: %(default)s)")
-    parser.add_argument("--port", type=int, default=defaults.ui.port, help="port (default: %(default)s)")
-    parser.add_argument(
-        "--output-root", type=Path, default=defaults.jobs.output_root, help="folder for the jobs (default: %(default)s)"
-    )
-    parser.add_argument("--share", action="store_true", help="create a public Gradio share link (off by default)")
-    parser.add_argument(
-        "--max-images", type=int, default=defaults.ui.max_images, help="most images per run (default: %(default)s)"
-    )
     parser.add_argument("--debug", action="store_true", help="debug logging and tracebacks")
-    _model_options(parser, defaults)
+    _add_settings(parser, defaults, "server", "model")
     sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="{reconstruct,align}")
 
     rec = sub.add_parser(
@@ -253,9 +149,8 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
         description="Reconstruct a scene from images (files or folders) without the web app.",
     )
     rec.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (sorted)")
-    _model_options(rec, defaults, inherit=True)
-    _run_options(rec, defaults, images=True)
-    rec.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
+    _add_settings(rec, defaults, "model", "input", "align", "display")
+    _output_options(rec)
 
     ali = sub.add_parser(
         "align",
@@ -263,66 +158,22 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
         description="Global alignment and outputs from a pairs.npz written by --save-pairs.",
     )
     ali.add_argument("pairs", type=Path, metavar="PAIRS_NPZ", help="pair predictions (.npz)")
-    ali.add_argument(
-        "--device", default=argparse.SUPPRESS, help=f"auto, cpu, cuda, cuda:N (default: {defaults.model.device})"
-    )
-    _run_options(ali, defaults, images=False)
-    ali.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")
+    _add_setting(ali.add_argument_group("model"), SETTINGS["device"], defaults)
+    _add_settings(ali, defaults, "align", "display")
+    _output_options(ali)
     return parser
 
 
 def _config_from_args(args: argparse.Namespace, base: AppConfig) -> AppConfig:
-    """Command-line values -> AppConfig (range checks raise ValueError -> usage error)."""
-    from model import resolve_device
+    """Command-line values -> AppConfig (bad values raise SettingsError -> usage error)."""
+    from core.runtime import resolve_device
 
-    r = dataclasses.replace
-    cfg = base
-    resolve_device(args.device)  # unknown or unavailable devices are command-line errors
-    cfg = r(cfg, model=r(cfg.model, device=args.device))
-    if hasattr(args, "checkpoint"):
-        cfg = r(cfg, model=r(cfg.model, checkpoint=args.checkpoint))
-    if hasattr(args, "image_size"):
-        cfg = r(cfg, preprocess=r(cfg.preprocess, image_size=args.image_size))
-    if getattr(args, "enhance", False):
-        cfg = r(cfg, preprocess=r(cfg.preprocess, enhance=True))
-    if hasattr(args, "scene_graph"):
-        cfg = r(cfg, inference=r(cfg.inference, scene_graph=args.scene_graph, precision=args.precision))
-        cfg = r(cfg, colmap=r(cfg.colmap, matcher=args.matcher, mapper=args.mapper))
-    if hasattr(args, "niter"):
-        cfg = r(
-            cfg,
-            alignment=r(
-                cfg.alignment,
-                niter=args.niter,
-                schedule=args.schedule,
-                lr=args.lr,
-                min_conf_thr=args.min_conf_thr,
-                known_focal=args.known_focal,
-                shared_focal=args.shared_focal,
-                early_stop=args.early_stop,
-            ),
-        )
-        cfg = r(
-            cfg,
-            postprocess=r(
-                cfg.postprocess,
-                min_conf_thr=args.min_conf_thr,
-                clean_depth=args.clean_depth,
-                outlier_removal=args.outlier_removal,
-                largest_component=args.largest_component,
-                mask_sky=args.mask_sky,
-            ),
-        )
-        cfg = r(
-            cfg,
-            viz=r(cfg.viz, as_pointcloud=args.as_pointcloud, cam_size=args.cam_size, show_cameras=args.show_cameras),
-        )
-    if hasattr(args, "output_root") and args.command is None:
-        cfg = r(cfg, jobs=r(cfg.jobs, output_root=args.output_root))
-    if args.command == "reconstruct":
-        cfg = r(cfg, jobs=r(cfg.jobs, save_pairs=bool(args.save_pairs)))
-    if args.command is None:
-        cfg = r(cfg, ui=r(cfg.ui, host=args.host, port=args.port, share=args.share, max_images=args.max_images))
+    given = {name: getattr(args, name) for name in SETTINGS if hasattr(args, name)}
+    cfg = apply_settings(base, given)
+    try:
+        resolve_device(cfg.model.device)  # unknown or unavailable devices are command-line errors
+    except ValueError as e:
+        raise UsageError(str(e)) from e
     return cfg
 
 
@@ -414,16 +265,13 @@ def _cmd_reconstruct(args: argparse.Namespace, cfg: AppConfig) -> int:
 
     formats = _formats(args.export)
     paths = expand_image_paths(args.images)
-    if args.engine == "dust3r" and len(paths) > 1:
-        try:
-            make_pairs(len(paths), cfg.inference.scene_graph)
-        except ValueError as e:
-            raise UsageError(f"--scene-graph: {e}") from e
+    if cfg.engine == "dust3r" and len(paths) > 1:
+        make_pairs(len(paths), cfg.inference.scene_graph)  # an index past the images is a usage error
     t0 = time.perf_counter()
     job = job_in_folder(args.output)
     progress = _TqdmProgress()
     try:
-        result = Pipeline(cfg).reconstruct(paths, cfg, engine=args.engine, job=job, progress=progress)
+        result = Pipeline(cfg).reconstruct(paths, cfg, job=job, progress=progress)
     finally:
         progress.close()
     files = _write_outputs(result, cfg, formats, job.dir, t0)
@@ -464,17 +312,6 @@ def _cmd_app(cfg: AppConfig) -> int:
     return EXIT_OK
 
 
-def _exit_code(exc: BaseException) -> int:
-    from core.inputs.preprocessing import ImageLoadError
-    from model import CheckpointError
-
-    if isinstance(exc, CheckpointError):
-        return EXIT_WEIGHTS
-    if isinstance(exc, (ImageLoadError, FileNotFoundError)):
-        return EXIT_INPUT
-    return EXIT_FAILED
-
-
 def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -> None:
     """Logging, TF32 on CUDA, COLMAP's log level; on a CPU-only machine with ``tune_allocator``
     the CPU allocator tuning, now, before the web app's threads start (so they share its heap)."""
@@ -484,14 +321,12 @@ def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -
         logging.getLogger(noisy).setLevel(max(level, logging.WARNING))
     import torch
 
+    from core import runtime
+
     if torch.cuda.is_available():
-        from core.inference import enable_tf32
-
-        enable_tf32()
+        runtime.enable_tf32()
     elif tune_allocator:
-        from core import allocator
-
-        allocator.tune_cpu_allocator()
+        runtime.tune_cpu_allocator()
     try:
         import pycolmap
     except ImportError:  # the COLMAP engine reports this itself when selected
@@ -512,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
             return int(e.code or 0)
         debug = bool(args.debug)
         try:
-            cfg = _config_from_args(args, AppConfig())
-        except ValueError as e:
+            cfg = _config_from_args(args, cli_defaults() if args.command else AppConfig())
+        except SettingsError as e:
             raise UsageError(str(e)) from e
         _configure(debug, args.command, cfg.inference.tune_cpu_allocator)
         if args.command == "reconstruct":
@@ -521,12 +356,12 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "align":
             return _cmd_align(args, cfg)
         return _cmd_app(cfg)
-    except UsageError as e:
-        return _fail(f"error: {e}", EXIT_USAGE, e, debug)
+    except SettingsError as e:
+        return _fail(f"error: {_one_line(e)}", EXIT_USAGE, e, debug)
     except KeyboardInterrupt as e:
         return _fail("interrupted", EXIT_INTERRUPTED, e, debug)
-    except (ValueError, OSError, RuntimeError, MemoryError) as e:
-        return _fail(f"error: {_one_line(e)}", _exit_code(e), e, debug)
+    except (UserError, OSError, MemoryError) as e:
+        return _fail(f"error: {_one_line(e)}", exit_code_for(e) if isinstance(e, UserError) else _os_code(e), e, debug)
     except Exception as e:  # noqa: BLE001 - top-level reporter: a bug, shown as one line (--debug: traceback)
         return _fail(
             f"internal error: {type(e).__name__}: {_one_line(e)} (run with --debug for details)",
@@ -534,6 +369,11 @@ def main(argv: list[str] | None = None) -> int:
             e,
             debug,
         )
+
+
+def _os_code(e: BaseException) -> int:
+    """A missing input file is a bad input (3); other OS errors (disk full, permissions) a failed run (1)."""
+    return EXIT_INPUT if isinstance(e, FileNotFoundError) else EXIT_FAILED
 
 
 def _one_line(e: BaseException) -> str:

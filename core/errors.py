@@ -35,6 +35,7 @@ __all__ = [
     "ReconstructionError",
     "AlignmentError",
     "ColmapError",
+    "PairsFileError",
     "InsufficientMemoryError",
     "Cancelled",
     "exit_code_for",
@@ -96,6 +97,12 @@ class AlignmentError(ReconstructionError):
 
 class ColmapError(ReconstructionError):
     """COLMAP could not reconstruct the images (too few registered, no matches, bad input)."""
+
+
+class PairsFileError(UserError, ValueError):
+    """A pair-predictions file (``pairs.npz``) that cannot be read."""
+
+    title = "Unreadable pairs file"
 
 
 class InsufficientMemoryError(UserError, RuntimeError):

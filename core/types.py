@@ -20,6 +20,8 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from core.errors import PairsFileError
+
 __all__ = [
     "ProgressFn",
     "InputImage",
@@ -167,14 +169,14 @@ class PairPredictions:
         try:
             data = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise ValueError(f"{path.name}: not a readable .npz file ({e})") from e
+            raise PairsFileError(f"{path.name}: not a readable .npz file ({e})") from e
         with data:
             keys = set(data.files)
             if "pairs" not in keys:
-                raise ValueError(f"{path.name}: no 'pairs' array; not a pair-predictions file")
+                raise PairsFileError(f"{path.name}: no 'pairs' array; not a pair-predictions file")
             pairs = torch.from_numpy(np.asarray(data["pairs"]).astype(np.int64))
             if pairs.ndim != 2 or pairs.shape[1] != 2:
-                raise ValueError(f"{path.name}: 'pairs' must be (P, 2), got {tuple(pairs.shape)}")
+                raise PairsFileError(f"{path.name}: 'pairs' must be (P, 2), got {tuple(pairs.shape)}")
             n = 0
             while f"true_shape_{n}" in keys or f"img_{n}" in keys:
                 n += 1
@@ -189,7 +191,7 @@ class PairPredictions:
                 for short, suffix in suffixes.items():
                     key = f"pair{p}_{suffix}"
                     if key not in keys:
-                        raise ValueError(f"{path.name}: missing array '{key}'")
+                        raise PairsFileError(f"{path.name}: missing array '{key}'")
                     fields[short].append(torch.from_numpy(np.asarray(data[key], dtype=np.float32)))
             shapes: list[tuple[int, int]] = []
             images: list[torch.Tensor] = []
@@ -221,7 +223,7 @@ def _shape_from_pairs(k: int, pairs: torch.Tensor, p1: list, p2: list, fname: st
             return int(p1[p].shape[0]), int(p1[p].shape[1])
         if j == k:
             return int(p2[p].shape[0]), int(p2[p].shape[1])
-    raise ValueError(f"{fname}: view {k} appears in no pair")
+    raise PairsFileError(f"{fname}: view {k} appears in no pair")
 
 
 @dataclass(frozen=True)

@@ -35,6 +35,7 @@ import re
 from collections.abc import Sequence
 from typing import Literal
 
+from core.errors import SettingsError
 from core.types import InputImage
 
 __all__ = [
@@ -77,16 +78,16 @@ def parse_scene_graph(name: str) -> tuple[SceneGraphKind, int | None, bool]:
         kind: SceneGraphKind = "swin" if m.group(1) == "swin" else "logwin"
         k = int(m.group(2))
         if k < 1:
-            raise ValueError(f"scene graph {name!r}: window size K must be >= 1, got {k}")
+            raise SettingsError(f"scene graph {name!r}: window size K must be >= 1, got {k}")
         return kind, k, m.group(3) is None
     if m := _ONEREF.fullmatch(text):
         ref = int(m.group(1))
         if ref < 0:
-            raise ValueError(f"scene graph {name!r}: reference image index must be >= 0, got {ref}")
+            raise SettingsError(f"scene graph {name!r}: reference image index must be >= 0, got {ref}")
         return "oneref", ref, False
     if re.fullmatch(r"(swin|logwin|oneref)(-noncyclic)?", text):
-        raise ValueError(f"scene graph {name!r} needs a number, e.g. 'swin-3' or 'oneref-0'; expected {_EXPECTED}")
-    raise ValueError(f"unknown scene graph {name!r}; expected {_EXPECTED}")
+        raise SettingsError(f"scene graph {name!r} needs a number, e.g. 'swin-3' or 'oneref-0'; expected {_EXPECTED}")
+    raise SettingsError(f"unknown scene graph {name!r}; expected {_EXPECTED}")
 
 
 def format_scene_graph(kind: str, param: int | None = None, *, cyclic: bool = True) -> str:
@@ -102,7 +103,7 @@ def format_scene_graph(kind: str, param: int | None = None, *, cyclic: bool = Tr
     elif kind == "oneref":
         name = f"oneref-{param}"
     else:
-        raise ValueError(f"unknown scene graph kind {kind!r}; expected one of {SCENE_GRAPH_KINDS}")
+        raise SettingsError(f"unknown scene graph kind {kind!r}; expected one of {SCENE_GRAPH_KINDS}")
     parse_scene_graph(name)  # validates the parameter
     return name
 
@@ -175,7 +176,7 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
         pairs = _ordered_unique(_logwin_candidates(n, k, cyclic))
     else:
         if k >= n:
-            raise ValueError(f"scene graph {scene_graph!r}: reference image {k} is out of range 0..{n - 1}")
+            raise SettingsError(f"scene graph {scene_graph!r}: reference image {k} is out of range 0..{n - 1}")
         pairs = [(k, j) for j in range(n) if j != k]
     if symmetrize:
         pairs = pairs + [(j, i) for i, j in pairs]

@@ -1,0 +1,120 @@
+"""The DUSt3R engine: preprocess -> pairs -> pair inference -> global alignment.
+
+The network comes from an injected ``load_model(model_cfg)`` (the app passes :func:`model.get_model`,
+which keeps one cached network per checkpoint and device), loaded lazily on the first run. With
+``cfg.jobs.save_pairs`` the pair predictions are written to ``job_dir / "pairs.npz"`` (reference
+fixture key layout) for re-alignment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from config import AppConfig, ModelConfig
+from core.alignment import align
+from core.checkpoint import weights_availability
+from core.inference import run_inference
+from core.inputs.pairs import make_pairs
+from core.inputs.preprocessing import load_images
+from core.runtime import resolve_device, select_autocast_dtype
+from core.types import ProgressFn, Scene
+
+__all__ = ["Dust3rEngine", "ModelStatus", "PAIRS_FILE"]
+
+PAIRS_FILE = "pairs.npz"
+
+
+@dataclass(frozen=True)
+class ModelStatus:
+    """What the page shows about the DUSt3R network."""
+
+    checkpoint: str
+    device: str
+    load_seconds: float
+
+
+class Dust3rEngine:
+    """DUSt3R: image files -> aligned dense Scene (see the module docstring)."""
+
+    name = "dust3r"
+
+    def __init__(self, load_model: Callable[[ModelConfig], object], model_cfg: ModelConfig | None = None) -> None:
+        self._load_model = load_model
+        self._model_cfg = model_cfg if model_cfg is not None else ModelConfig()
+        self._lock = threading.Lock()
+        self._status: dict[tuple[str, str, str | None], ModelStatus] = {}
+
+    def availability(self, model_cfg: ModelConfig | None = None) -> str | None:
+        """None when the weights load without the network, else what is missing and how to fix it."""
+        return weights_availability(model_cfg if model_cfg is not None else self._model_cfg)
+
+    def model_status(self, model_cfg: ModelConfig | None = None) -> ModelStatus | None:
+        """How the network for ``model_cfg`` was loaded, or None when it is not loaded yet."""
+        cfg = model_cfg if model_cfg is not None else self._model_cfg
+        with self._lock:
+            for (ckpt, _device, cache), status in self._status.items():
+                if ckpt == cfg.checkpoint and cache == cfg.cache_dir:
+                    return status
+        return None
+
+    def _model(self, cfg: ModelConfig):
+        device = str(resolve_device(cfg.device))
+        key = (cfg.checkpoint, device, cfg.cache_dir)
+        with self._lock:
+            t0 = time.perf_counter()
+            model = self._load_model(cfg)
+            self._status.setdefault(key, ModelStatus(cfg.checkpoint, device, time.perf_counter() - t0))
+        return model
+
+    def reconstruct(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path, progress: ProgressFn) -> Scene:
+        """Image files -> aligned dense Scene with the views' names, sizes and maps."""
+        n = len(image_paths)
+        progress("load", 0, n)
+        images = load_images(image_paths, cfg.preprocess)
+        progress("load", n, n)
+        if n > 1:  # validates the scene graph before the (slow) model load
+            make_pairs(n, cfg.inference.scene_graph)
+        progress("model", 0, 1)
+        model = self._model(cfg.model)
+        progress("model", 1, 1)
+        device = resolve_device(cfg.model.device)
+        autocast_dtype = select_autocast_dtype(device, cfg.inference.precision)
+        preds = run_inference(
+            model, images, cfg.inference, device=device, autocast_dtype=autocast_dtype, progress=progress
+        )
+        if cfg.jobs.save_pairs:
+            progress("save", 0, 1)
+            preds.save_npz(Path(job_dir) / PAIRS_FILE, batch_size=max(1, cfg.inference.batch_size))
+            progress("save", 1, 1)
+        progress("align", 0, cfg.alignment.niter)
+        scene = align(preds, cfg.alignment, device=device, progress=progress)
+        scene = _with_image_info(scene, images)
+        extra = dict(scene.extra)
+        extra.update(
+            device=str(device),
+            autocast=str(autocast_dtype).replace("torch.", "") if autocast_dtype else "fp32",
+            n_pairs=int(preds.pairs.shape[0]),
+            checkpoint=cfg.model.checkpoint,
+        )
+        return dataclasses.replace(scene, extra=extra)
+
+
+def _with_image_info(scene: Scene, images) -> Scene:
+    """Copy upload names, original sizes and the processed->original maps into the scene."""
+    import numpy as np
+
+    if len(images) == 1 and scene.n_views == 2:  # a single image is paired with its copy
+        images = [images[0], images[0]]
+    if len(images) != scene.n_views:
+        return scene
+    return dataclasses.replace(
+        scene,
+        names=tuple(im.name for im in images),
+        original_sizes=tuple(im.original_size for im in images),
+        original_from_processed=np.stack([im.original_from_processed() for im in images]),
+    )
