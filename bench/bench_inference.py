@@ -185,9 +185,8 @@ def _worker(args: argparse.Namespace) -> dict:
             tune_cpu_allocator=not args.no_allocator_tuning,
         )
         est = estimate_memory(
-            n,
             [(h, w)] * n,
-            "complete",
+            pairs,
             ModelDims.from_model(net),
             device=device,
             autocast_dtype=dtype,
@@ -196,7 +195,7 @@ def _worker(args: argparse.Namespace) -> dict:
         )
         _sync(device)
         t0 = time.perf_counter()
-        preds = run_inference(net, images, cfg, device=device, autocast_dtype=dtype, progress=progress)
+        preds = run_inference(net, images, cfg, pairs=pairs, device=device, autocast_dtype=dtype, progress=progress)
         _sync(device)
         total = time.perf_counter() - t0
         fields = (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2)

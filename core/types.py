@@ -113,6 +113,10 @@ class PairPredictions:
     """N normalised inputs (1, 3, H, W) in [-1, 1], or None when not kept."""
     names: tuple[str, ...] | None = None
     """N file names, or None."""
+    original_sizes: tuple[tuple[int, int], ...] = ()
+    """N (W, H) of the uploaded images (defaults to the processed sizes)."""
+    original_from_processed: np.ndarray | None = None
+    """(N, 3, 3) float64 affine processed pixel -> original pixel (defaults to identity)."""
 
     @property
     def n_views(self) -> int:
@@ -132,6 +136,15 @@ class PairPredictions:
             raise ValueError(f"expected {n} images, got {len(self.images)}")
         if self.names is not None and len(self.names) != n:
             raise ValueError(f"expected {n} names, got {len(self.names)}")
+        if not self.original_sizes:
+            object.__setattr__(self, "original_sizes", tuple((w, h) for h, w in self.true_shapes))
+        maps = np.tile(np.eye(3), (n, 1, 1)) if self.original_from_processed is None else self.original_from_processed
+        object.__setattr__(self, "original_from_processed", np.asarray(maps, dtype=np.float64))
+        if len(self.original_sizes) != n or self.original_from_processed.shape != (n, 3, 3):
+            raise ValueError(
+                f"expected {n} original sizes and ({n}, 3, 3) maps, got {len(self.original_sizes)} and "
+                f"{self.original_from_processed.shape}"
+            )
 
     def save_npz(self, path: str | Path, *, batch_size: int = 1) -> None:
         """Write the reference fixture key layout (``tiny_*_inference.npz``).
@@ -139,7 +152,9 @@ class PairPredictions:
         Keys: ``pairs`` (P, 2) int64, ``n_images`` and ``batch_size`` (0-d int64); per view k ``true_shape_k`` (1, 2) int32 and, when images
         are kept, ``img_k`` (1, 3, H, W) float32; per pair p ``pair{p}_pred1_pts3d``,
         ``pair{p}_pred1_conf``, ``pair{p}_pred2_pts3d_in_other_view``, ``pair{p}_pred2_conf``.
-        Extension: ``name_k`` (0-d str) when names are known.
+        Extensions: ``name_k`` (0-d str) when names are known; ``original_size_k`` (2,) int64 (W, H)
+        and ``original_from_processed_k`` (3, 3) float64 where they differ from the defaults
+        (processed size, identity), so a file without them reads back the same.
         """
         arrays: dict[str, np.ndarray] = {
             "pairs": self.pairs.numpy().astype(np.int64),
@@ -152,6 +167,10 @@ class PairPredictions:
                 arrays[f"img_{k}"] = self.images[k].numpy().astype(np.float32)
             if self.names is not None:
                 arrays[f"name_{k}"] = np.array(self.names[k])
+            if self.original_sizes[k] != (w, h):
+                arrays[f"original_size_{k}"] = np.array(self.original_sizes[k], dtype=np.int64)
+            if not np.array_equal(self.original_from_processed[k], np.eye(3)):
+                arrays[f"original_from_processed_{k}"] = self.original_from_processed[k]
         for p in range(len(self.pts3d_1)):
             arrays[f"pair{p}_pred1_pts3d"] = self.pts3d_1[p].numpy()
             arrays[f"pair{p}_pred1_conf"] = self.conf_1[p].numpy()
@@ -163,7 +182,8 @@ class PairPredictions:
     def load_npz(cls, path: str | Path) -> PairPredictions:
         """Read a file written by :meth:`save_npz` or a reference ``*_inference.npz``.
 
-        Images (``img_k``) are optional. Raises ValueError naming what is missing or malformed.
+        Images (``img_k``), names and the original-size extensions are optional (defaults: see the
+        fields). Raises ValueError naming what is missing or malformed.
         """
         path = Path(path)
         try:
@@ -195,6 +215,8 @@ class PairPredictions:
                     fields[short].append(torch.from_numpy(np.asarray(data[key], dtype=np.float32)))
             shapes: list[tuple[int, int]] = []
             images: list[torch.Tensor] = []
+            sizes: dict[int, tuple[int, int]] = {}
+            maps: dict[int, np.ndarray] = {}
             for k in range(n):
                 if f"true_shape_{k}" in keys:
                     h, w = (int(v) for v in np.asarray(data[f"true_shape_{k}"]).reshape(-1)[:2])
@@ -205,6 +227,11 @@ class PairPredictions:
                     images.append(torch.from_numpy(np.asarray(data[f"img_{k}"], dtype=np.float32)))
                 if f"name_{k}" in keys:
                     names_out.append(str(data[f"name_{k}"]))
+                if f"original_size_{k}" in keys:
+                    ow, oh = (int(v) for v in np.asarray(data[f"original_size_{k}"]).reshape(-1)[:2])
+                    sizes[k] = (ow, oh)
+                if f"original_from_processed_{k}" in keys:
+                    maps[k] = np.asarray(data[f"original_from_processed_{k}"], dtype=np.float64).reshape(3, 3)
         return cls(
             pairs=pairs,
             pts3d_1=tuple(fields["p1"]),
@@ -214,6 +241,8 @@ class PairPredictions:
             true_shapes=tuple(shapes),
             images=tuple(images) if len(images) == n and n else None,
             names=tuple(names_out) if len(names_out) == n and n else None,
+            original_sizes=tuple(sizes.get(k, (w, h)) for k, (h, w) in enumerate(shapes)),
+            original_from_processed=np.stack([maps.get(k, np.eye(3)) for k in range(n)]) if n else None,
         )
 
 

@@ -21,9 +21,10 @@ reference running on the same CPython (integer-tuple hashes do not depend on PYT
 One deliberate difference: ``swin-K`` with K >= n_images in cyclic mode makes the reference pair
 an image with itself; those self-pairs are dropped (the rest keeps the reference order).
 
-Single image. A pair needs two views: like the reference app, duplicate the image first
-(:func:`duplicate_single_image`, the copy gets idx 1), then call ``make_pairs(2, ...)``.
-``make_pairs(1, ...)`` raises a ValueError saying so.
+Single image. A pair needs two views: like the reference app, the load stage
+(``core.inputs.preprocessing.load_views``) duplicates the image (:func:`duplicate_single_image`,
+the copy gets idx 1), then ``make_pairs(2, ...)`` pairs them. ``make_pairs(1, ...)`` raises a
+ValueError saying so.
 """
 
 from __future__ import annotations
@@ -164,7 +165,8 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
     if n_images == 1:
         raise ValueError(
             "a single image is paired with a copy of itself: duplicate it first "
-            "(core.inputs.pairs.duplicate_single_image) so that n_images is 2"
+            "(core.inputs.preprocessing.load_views or core.inputs.pairs.duplicate_single_image) "
+            "so that n_images is 2"
         )
     n = n_images
     k = param if param is not None else 0  # None only for "complete"
@@ -197,6 +199,8 @@ def count_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: boo
 
 def duplicate_single_image(images: Sequence[InputImage]) -> list[InputImage]:
     """One image -> [image, copy with idx 1], as the reference app does; longer lists unchanged.
+
+    Called once, by the load stage (``core.inputs.preprocessing.load_views``).
 
     The copy shares the tensor (inputs are never modified) and is named ``"<name> (copy)"``.
     """

@@ -19,7 +19,8 @@ and clear :class:`ImageLoadError` rejections (non-images, truncated files, image
 16-pixel patch, decompression bombs). Animated files give their first frame. None of these
 change the result for the 8-bit RGB/grayscale JPEG/PNG files the reference accepts.
 
-A single image is NOT duplicated here; the pair builder (``core.inputs.pairs``) does that.
+The load stage is :func:`load_views`: the views to run, where a single image is paired with a
+copy of itself (the one place that happens; :func:`load_images` never duplicates).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from PIL import Image, ImageEnhance, ImageOps, UnidentifiedImageError
 
 from config import PreprocessConfig
 from core.errors import ImageLoadError
+from core.inputs.pairs import duplicate_single_image
 from core.types import InputImage
 
 __all__ = [
@@ -46,6 +48,7 @@ __all__ = [
     "list_image_files",
     "load_image",
     "load_images",
+    "load_views",
     "plan_resize_crop",
     "preprocess_pil",
     "to_rgb8",
@@ -334,3 +337,14 @@ def load_images(paths: Sequence[str | Path], cfg: PreprocessConfig) -> list[Inpu
         shown = ", ".join(str(p) for p in paths) or "(empty list)"
         raise ImageLoadError(f"no images found in {shown}; supported extensions: {' '.join(IMAGE_EXTENSIONS)}")
     return [load_image(f, cfg, idx=k) for k, f in enumerate(files)]
+
+
+def load_views(paths: Sequence[str | Path], cfg: PreprocessConfig) -> list[InputImage]:
+    """Image files and/or folders -> the views to run (the load stage).
+
+    :func:`load_images`, then a single image is paired with a copy of itself, as the reference
+    app does (:func:`core.inputs.pairs.duplicate_single_image`: the copy shares the tensor, has
+    idx 1 and the name ``"<name> (copy)"``), so there are always >= 2 views and the caller makes
+    the pair list once with ``make_pairs(len(views), scene_graph)``. Raises as :func:`load_images`.
+    """
+    return duplicate_single_image(load_images(paths, cfg))

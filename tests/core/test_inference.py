@@ -10,17 +10,17 @@ import torch
 
 import model as M
 from config import InferenceConfig, PreprocessConfig
-from core import inference as inf
 from core.inference import (
     InsufficientMemoryError,
     ModelDims,
     check_memory,
-    enable_tf32,
     estimate_memory,
     run_inference,
 )
-from core.inputs.pairs import make_pairs
-from core.inputs.preprocessing import load_images
+from core.inference import memory as inf_memory
+from core.inference import run as inf_run
+from core.inputs.pairs import duplicate_single_image, make_pairs
+from core.inputs.preprocessing import load_images, load_views
 from core.types import InputImage, PairPredictions
 
 TINY = ["tiny_linear", "tiny_dpt"]
@@ -187,7 +187,7 @@ def test_single_image_is_paired_with_a_copy_of_itself(nets, monkeypatch):
     net = nets["tiny_dpt"]
     (img,) = _random_images([(48, 32)])
     enc = _count(monkeypatch, net, "encode")
-    preds = _run(net, [img])
+    preds = _run(net, duplicate_single_image([img]))  # the load stage's views
     assert preds.n_views == 2 and preds.pairs.tolist() == [[1, 0], [0, 1]]
     assert preds.names == ("img0.png", "img0.png (copy)")
     assert preds.true_shapes == ((48, 32), (48, 32))
@@ -197,6 +197,61 @@ def test_single_image_is_paired_with_a_copy_of_itself(nets, monkeypatch):
     for p in range(2):
         torch.testing.assert_close(preds.pts3d_1[p], pred1["pts3d"][0], rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(preds.conf_2[p], pred2["conf"][0], rtol=1e-5, atol=1e-5)
+
+
+def test_single_image_loaded_as_two_views_carries_its_original_size_and_map(nets, fixtures_dir, monkeypatch):
+    net = nets["tiny_dpt"]
+    views = load_views([fixtures_dir / "images" / "img0.png"], PreprocessConfig(image_size=64))
+    enc = _count(monkeypatch, net, "encode")
+    preds = _run(net, views)
+    assert preds.names == ("img0.png", "img0.png (copy)") and preds.pairs.tolist() == [[1, 0], [0, 1]]
+    assert sum(enc) == 1  # the copy shares the image's tensor, hence its encoding
+    assert preds.original_sizes == ((96, 72), (96, 72))
+    assert preds.original_from_processed.shape == (2, 3, 3)
+    for k, view in enumerate(views):
+        np.testing.assert_array_equal(preds.original_from_processed[k], view.original_from_processed())
+    assert not np.allclose(preds.original_from_processed[0], np.eye(3))  # 96x72 -> 64x48: a real map
+
+
+def test_estimate_and_inference_use_the_same_given_pair_list(nets, monkeypatch):
+    net = nets["tiny_linear"]
+    images = _random_images([(32, 48), (48, 32), (32, 48)])
+    pairs = [(2, 0), (0, 1), (1, 2)]  # no scene graph gives this list: only the given one can
+    estimated: list[list[tuple[int, int]]] = []
+    original = inf_memory.estimate_memory
+
+    def spy(image_hw, given, *args, **kwargs):
+        estimated.append(list(given))
+        return original(image_hw, given, *args, **kwargs)
+
+    def no_pairs_made_here(*args, **kwargs):
+        raise AssertionError("run_inference made its own pair list")
+
+    monkeypatch.setattr(inf_memory, "estimate_memory", spy)
+    monkeypatch.setattr(inf_run, "make_pairs", no_pairs_made_here)
+    preds = run_inference(net, images, InferenceConfig(), pairs=pairs, device=CPU, autocast_dtype=None)
+    assert estimated == [pairs]
+    assert preds.pairs.tolist() == [list(p) for p in pairs]
+    with torch.inference_mode():
+        for p, (i, j) in enumerate(pairs):
+            pred1, pred2 = net(images[i].tensor, images[j].tensor)
+            assert _max_rel(preds.pts3d_1[p], pred1["pts3d"][0]) < 1e-4
+            assert _max_rel(preds.pts3d_2[p], pred2["pts3d_in_other_view"][0]) < 1e-4
+    dims = ModelDims.from_model(net)
+    est = estimate_memory([im.true_shape for im in images], pairs, dims, device="cpu", autocast_dtype=None)
+    assert est.pairs == 3 and est.n_views == 3
+    # the outputs term is exactly the given pairs' pixels: (view-1 + view-2) * (3 + 1) float32
+    assert est.bytes_outputs == 3 * 2 * 32 * 48 * 4 * 4
+
+
+def test_given_pairs_and_single_views_are_checked(nets):
+    net = nets["tiny_linear"]
+    images = _random_images([(32, 32)] * 3)
+    for bad, message in (([(0, 3)], r"pairs\[0\] = \(0, 3\)"), ([(1, 1)], "two different"), ([], "empty")):
+        with pytest.raises(ValueError, match=message):
+            run_inference(net, images, InferenceConfig(), pairs=bad, device=CPU, autocast_dtype=None)
+    with pytest.raises(ValueError, match="duplicate it first"):
+        _run(net, images[:1])  # a single view: the load stage pairs it with its copy
 
 
 @pytest.mark.parametrize("graph", ["swin-2", "oneref-4", "logwin-2-noncyclic"])
@@ -277,16 +332,6 @@ def test_rejects_unsupported_autocast_dtype(nets):
         )
 
 
-def test_enable_tf32_sets_the_cuda_matmul_switch():
-    matmul = torch.backends.cuda.matmul
-    before = (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    try:
-        enable_tf32()
-        assert matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
-    finally:
-        matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
-
-
 # ---------------------------------------------------------------------------- per-view head cache
 
 
@@ -351,7 +396,7 @@ def test_view_cache_size_is_validated():
 def test_memory_estimate_counts_pairs_and_outputs():
     dims = ModelDims()  # the official 512_dpt model
     hw = [(384, 512)] * 8
-    est = estimate_memory(8, hw, "complete", dims, device="cpu", autocast_dtype=None, batch_size=8)
+    est = estimate_memory(hw, make_pairs(8), dims, device="cpu", autocast_dtype=None, batch_size=8)
     assert est.pairs == 56 and est.n_views == 8
     assert est.bytes_outputs == 56 * 2 * 384 * 512 * 4 * 4
     assert est.bytes_weights == 571_171_208 * 4
@@ -359,26 +404,27 @@ def test_memory_estimate_counts_pairs_and_outputs():
     assert est.bytes_view_cache == 0  # no cap given
     assert est.bytes_peak == est.bytes_weights + est.bytes_tokens + est.bytes_batch + est.bytes_outputs
     cached = estimate_memory(
-        8, hw, "complete", dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=1024**3
+        hw, make_pairs(8), dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=1024**3
     )
     assert cached.bytes_view_cache == 8 * 2 * 256 * 96 * 128 * 4  # both heads, F=256 at a quarter of 512x384
     assert cached.bytes_peak == est.bytes_peak + cached.bytes_view_cache
     capped = estimate_memory(
-        8, hw, "complete", dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=10**8
+        hw, make_pairs(8), dims, device="cpu", autocast_dtype=None, batch_size=8, view_cache_bytes=10**8
     )
     assert capped.bytes_view_cache == 10**8
     # official DPT head at full resolution: 336 floats per pixel per view -> ~1 GB per 512x384 pair
     assert 8 * 384 * 512 * 4 * 336 < est.bytes_batch < 3 * 8 * 384 * 512 * 4 * 336
-    swin = estimate_memory(8, hw, "swin-2", dims, device="cpu", autocast_dtype=None, batch_size=8)
+    swin = estimate_memory(hw, make_pairs(8, "swin-2"), dims, device="cpu", autocast_dtype=None, batch_size=8)
     assert swin.pairs == 32 and swin.bytes_peak < est.bytes_peak
-    bf16 = estimate_memory(8, hw, "complete", dims, device="cpu", autocast_dtype=torch.bfloat16, batch_size=8)
+    bf16 = estimate_memory(hw, make_pairs(8), dims, device="cpu", autocast_dtype=torch.bfloat16, batch_size=8)
     assert bf16.bytes_tokens < est.bytes_tokens
-    cuda = estimate_memory(8, hw, "complete", dims, device="cuda", autocast_dtype=torch.bfloat16, batch_size=8)
+    cuda = estimate_memory(hw, make_pairs(8), dims, device="cuda", autocast_dtype=torch.bfloat16, batch_size=8)
     assert cuda.bytes_host == cuda.bytes_outputs and cuda.bytes_peak == bf16.bytes_peak - bf16.bytes_outputs
-    single = estimate_memory(1, [(384, 512)], "complete", dims, device="cpu", autocast_dtype=None)
+    views = [(384, 512)] * 2  # a single image and its copy, which reuses its encoding
+    single = estimate_memory(views, make_pairs(2), dims, device="cpu", autocast_dtype=None, sources=[0, 0])
     assert single.pairs == 2 and single.n_views == 2
     with pytest.raises(ValueError, match="multiples of 16"):
-        estimate_memory(2, [(384, 512), (380, 512)], "complete", dims, device="cpu", autocast_dtype=None)
+        estimate_memory([(384, 512), (380, 512)], make_pairs(2), dims, device="cpu", autocast_dtype=None)
 
 
 def test_estimate_from_model_reads_the_architecture(nets):
@@ -393,7 +439,7 @@ def test_estimate_from_model_reads_the_architecture(nets):
 
 def test_check_memory_names_the_estimate_and_the_remedies():
     est = estimate_memory(
-        30, [(384, 512)] * 30, "complete", ModelDims(), device="cpu", autocast_dtype=None, batch_size=8
+        [(384, 512)] * 30, make_pairs(30), ModelDims(), device="cpu", autocast_dtype=None, batch_size=8
     )
     check_memory(est, "complete", available=10 * est.bytes_peak)
     with pytest.raises(InsufficientMemoryError) as err:
@@ -424,16 +470,16 @@ def test_batch_shrinks_when_the_requested_one_does_not_fit(nets, monkeypatch):
     dims = ModelDims.from_model(net)
 
     def need(batch):
-        est = estimate_memory(3, [(64, 48)] * 3, "complete", dims, device="cpu", autocast_dtype=None, batch_size=batch)
+        est = estimate_memory([(64, 48)] * 3, make_pairs(3), dims, device="cpu", autocast_dtype=None, batch_size=batch)
         return est.bytes_peak - est.bytes_weights
 
     assert need(1) < need(2) < need(4)
     fits_two = (need(2) + need(4)) / 2 / 0.9  # batch 8 and 4 do not fit, 2 does
-    monkeypatch.setattr(inf, "available_memory", lambda device: fits_two)
+    monkeypatch.setattr(inf_memory, "available_memory", lambda device: fits_two)
     dec = _count(monkeypatch, net, "decode")
     _run(net, images, batch_size=8)
     assert dec == [2, 2, 2]
-    monkeypatch.setattr(inf, "available_memory", lambda device: need(1) / 2)
+    monkeypatch.setattr(inf_memory, "available_memory", lambda device: need(1) / 2)
     with pytest.raises(InsufficientMemoryError, match="6 pairs"):
         _run(net, images, batch_size=8)
 

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from config import PreprocessConfig
 from core.inputs.pairs import (
     count_pairs,
     duplicate_single_image,
@@ -14,6 +15,7 @@ from core.inputs.pairs import (
     max_window_size,
     parse_scene_graph,
 )
+from core.inputs.preprocessing import load_views
 from core.types import InputImage
 
 # --- independent definitions of the pair sets (the reference's math, written from scratch) ---
@@ -254,6 +256,16 @@ def test_single_image_is_duplicated_then_paired():
     assert duplicate_single_image(many) == many
     with pytest.raises(ValueError, match="duplicate it first"):
         make_pairs(1)
+
+
+def test_single_image_gives_two_views_at_load(fixtures_dir):
+    cfg = PreprocessConfig(image_size=64)
+    one = load_views([fixtures_dir / "images" / "img0.png"], cfg)
+    assert [(im.idx, im.name) for im in one] == [(0, "img0.png"), (1, "img0.png (copy)")]
+    assert one[1].tensor is one[0].tensor and one[1].original_size == one[0].original_size == (96, 72)
+    assert make_pairs(len(one)) == [(1, 0), (0, 1)]
+    three = load_views([fixtures_dir / "images"], cfg)
+    assert [im.name for im in three] == ["img0.png", "img1.png", "img2.png"]
 
 
 # --- parsing and errors ---------------------------------------------------------------------------

@@ -41,6 +41,56 @@ def test_pair_predictions_without_images_or_true_shapes(tmp_path):
     assert back.images is None and back.names == ("a.jpg", "b.jpg") and back.true_shapes == ((4, 6), (4, 6))
 
 
+def _two_view_predictions(**view_info) -> PairPredictions:
+    pts, conf = torch.zeros(4, 6, 3), torch.ones(4, 6)
+    return PairPredictions(
+        pairs=torch.tensor([[0, 1], [1, 0]]),
+        pts3d_1=(pts, pts),
+        conf_1=(conf, conf),
+        pts3d_2=(pts, pts),
+        conf_2=(conf, conf),
+        true_shapes=((4, 6), (4, 6)),
+        **view_info,
+    )
+
+
+def test_pair_predictions_round_trip_the_view_info(tmp_path):
+    img = InputImage(
+        tensor=torch.zeros(1, 3, 4, 6),
+        idx=0,
+        name="a.jpg",
+        original_size=(12, 9),
+        resized_size=(6, 4),  # rounded, so sx != sy
+        crop_box=(0, 0, 6, 4),
+    )
+    maps = np.stack([img.original_from_processed(), np.eye(3)])
+    preds = _two_view_predictions(
+        names=("a.jpg", "b.jpg"), original_sizes=((12, 9), (6, 4)), original_from_processed=maps
+    )
+    path = tmp_path / "p.npz"
+    preds.save_npz(path)
+    with np.load(path) as saved:  # only what differs from the defaults is written
+        assert {"original_size_0", "original_from_processed_0"} <= set(saved.files)
+        assert not {"original_size_1", "original_from_processed_1"} & set(saved.files)
+        np.testing.assert_array_equal(saved["original_size_0"], [12, 9])
+    back = PairPredictions.load_npz(path)
+    assert back.names == ("a.jpg", "b.jpg") and back.original_sizes == ((12, 9), (6, 4))
+    assert back.original_from_processed.dtype == np.float64
+    np.testing.assert_array_equal(back.original_from_processed, maps)
+
+
+def test_pair_predictions_view_info_defaults(fixtures_dir):
+    old = PairPredictions.load_npz(fixtures_dir / "tiny_linear_inference.npz")  # a file without the view info
+    assert old.original_sizes == ((64, 48), (48, 64), (64, 48))  # (W, H) of the processed views
+    np.testing.assert_array_equal(old.original_from_processed, np.tile(np.eye(3), (3, 1, 1)))
+    made = _two_view_predictions()
+    assert made.original_sizes == ((6, 4), (6, 4)) and made.original_from_processed.shape == (2, 3, 3)
+    with pytest.raises(ValueError, match="original sizes"):
+        _two_view_predictions(original_sizes=((6, 4),))
+    with pytest.raises(ValueError, match=r"\(2, 3, 3\) maps"):
+        _two_view_predictions(original_from_processed=np.eye(3))
+
+
 def test_pair_predictions_reports_missing_arrays(tmp_path):
     path = tmp_path / "bad.npz"
     np.savez(path, pairs=np.array([[0, 1]]), true_shape_0=np.array([[4, 4]]), true_shape_1=np.array([[4, 4]]))

@@ -1,0 +1,40 @@
+"""Pair inference: the network on every pair of a pair list, and the memory guard around it.
+
+- :mod:`core.inference.run`: :func:`run_inference` (encode each image once, decode pairs in
+  batches, per-view head cache) and the :class:`PairModel` protocol it needs.
+- :mod:`core.inference.memory`: :func:`estimate_memory` (the peak of a run, from the views' sizes
+  and the pair list), :func:`check_memory` against the free memory, :func:`plan_memory` (both, and
+  the batch size that fits).
+
+The caller makes the pair list once (``core.inputs.pairs.make_pairs``) and passes the same list
+to both.
+"""
+
+from core.errors import InsufficientMemoryError
+from core.inference.memory import (
+    MemoryEstimate,
+    ModelDims,
+    available_memory,
+    check_memory,
+    check_pairs,
+    estimate_memory,
+    plan_memory,
+    resolve_batch_size,
+    view_cache_bytes,
+)
+from core.inference.run import PairModel, run_inference
+
+__all__ = [
+    "PairModel",
+    "ModelDims",
+    "MemoryEstimate",
+    "InsufficientMemoryError",
+    "run_inference",
+    "estimate_memory",
+    "check_memory",
+    "check_pairs",
+    "plan_memory",
+    "available_memory",
+    "resolve_batch_size",
+    "view_cache_bytes",
+]
