@@ -21,7 +21,6 @@ per device (``cfg.ui.concurrency_limit``).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 import shutil
@@ -35,9 +34,8 @@ import gradio as gr
 import numpy as np
 from PIL import Image, ImageOps
 
-from config import AppConfig, PostprocessConfig, VizConfig
-from core.inference import InsufficientMemoryError
-from core.inputs.pairs import format_scene_graph
+from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_settings, current_value, settings_of
+from core.errors import UserError, internal_error_id
 from core.inputs.preprocessing import IMAGE_EXTENSIONS, heif_available
 from core.outputs.export import EXPORT_FORMATS
 from pipeline import Pipeline, Result, stage_label
@@ -56,7 +54,6 @@ logger = logging.getLogger(__name__)
 
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 _THUMB_SIZE = 256
-_USER_ERRORS = (ValueError, OSError, InsufficientMemoryError)
 _ZIP_LABEL = "Download all (zip)"
 _ZIP_BUSY = "Preparing zip…"
 
@@ -72,142 +69,50 @@ GRAPH_CHOICES = [
 ]
 IMAGE_SIZES = (512, 384, 320, 224)
 
-#: Display settings (re-export only): parameter name -> default taken from the config.
-DISPLAY_KEYS = (
-    "min_conf_thr",
-    "view_mode",
-    "clean_depth",
-    "outlier_removal",
-    "largest_component",
-    "mask_sky",
-    "cam_size",
-    "show_cameras",
-    "cam_transparent",
-    "cam_image",
-)
-#: Run settings: what changes the reconstruction itself.
+#: Display settings (re-export only) and run settings (what changes the reconstruction), by flat name.
+DISPLAY_KEYS = tuple(s.name for s in settings_of("display"))
 RUN_KEYS = (
-    "engine",
-    "image_size",
-    "enhance",
-    "scene_graph",
-    "window_size",
-    "cyclic",
-    "ref_image",
-    "niter",
-    "schedule",
-    "lr",
-    "known_focal",
-    "shared_focal",
-    "early_stop",
-    "matcher",
-    "mapper",
-)
+    "engine", "image_size", "enhance", "scene_graph", "window_size", "cyclic", "ref_image", "niter",
+    "schedule", "lr", "init_conf_thr", "known_focal", "shared_focal", "early_stop", "matcher", "mapper",
+)  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
-# Settings <-> config
+# Settings <-> config (config.SETTINGS is the vocabulary)
 # --------------------------------------------------------------------------------------------
-
-
-def _parse_focals(text: str | None) -> tuple[float, ...] | None:
-    text = (text or "").strip()
-    if not text:
-        return None
-    try:
-        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
-    except ValueError as e:
-        raise ValueError(
-            f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}"
-        ) from e
-    return values or None
-
-
-def _scene_graph(kind: str, window: float, cyclic: bool, ref: float) -> str:
-    """UI choices -> scene-graph name (``swin-3``, ``logwin-2-noncyclic``, ``oneref-0``, ``complete``)."""
-    param = int(window) if kind in ("swin", "logwin") else int(ref) if kind == "oneref" else None
-    return format_scene_graph(kind, param, cyclic=cyclic)
 
 
 def display_config(base: AppConfig, settings: Mapping[str, Any]) -> tuple[PostprocessConfig, VizConfig]:
     """Display settings -> (PostprocessConfig, VizConfig); missing keys keep ``base``'s values."""
-    r = dataclasses.replace
-    s = {k: settings[k] for k in DISPLAY_KEYS if k in settings and settings[k] is not None}
-    post = base.postprocess
-    post = r(
-        post,
-        **{
-            k: (float(s[k]) if k == "min_conf_thr" else bool(s[k]))
-            for k in ("min_conf_thr", "clean_depth", "outlier_removal", "largest_component", "mask_sky")
-            if k in s
-        },
-    )
-    viz = base.viz
-    if "view_mode" in s:
-        if s["view_mode"] not in ("mesh", "pointcloud"):
-            raise ValueError(f"view_mode must be 'mesh' or 'pointcloud', got {s['view_mode']!r}")
-        viz = r(viz, as_pointcloud=s["view_mode"] == "pointcloud")
-    viz = r(
-        viz,
-        **{
-            k: (float(s[k]) if k == "cam_size" else bool(s[k]))
-            for k in ("cam_size", "show_cameras", "cam_transparent", "cam_image")
-            if k in s
-        },
-    )
-    return post, viz
+    cfg = apply_settings(base, {k: v for k, v in settings.items() if k in DISPLAY_KEYS})
+    return cfg.postprocess, cfg.viz
 
 
 def settings_to_config(base: AppConfig, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
-    """UI/API settings (names in RUN_KEYS and DISPLAY_KEYS) -> (engine name, AppConfig).
+    """Page/API settings (names in RUN_KEYS and DISPLAY_KEYS) -> (engine name, AppConfig).
 
-    Missing keys keep ``base``'s values. Raises ValueError (with the value) for bad settings.
+    Missing keys keep ``base``'s values. Raises SettingsError (a ValueError, with the value).
     """
-    r = dataclasses.replace
-    s = {k: v for k, v in settings.items() if v is not None}
-    engine = str(s.get("engine", "dust3r"))
-    cfg = base
-    if "image_size" in s or "enhance" in s:
-        cfg = r(
-            cfg,
-            preprocess=r(
-                cfg.preprocess,
-                image_size=int(s.get("image_size", cfg.preprocess.image_size)),
-                enhance=bool(s.get("enhance", cfg.preprocess.enhance)),
-            ),
-        )
-    if "scene_graph" in s:
-        graph = _scene_graph(
-            str(s["scene_graph"]), s.get("window_size", 3), bool(s.get("cyclic", True)), s.get("ref_image", 0)
-        )
-        cfg = r(cfg, inference=r(cfg.inference, scene_graph=graph))
-    a = cfg.alignment
-    cfg = r(
-        cfg,
-        alignment=r(
-            a,
-            niter=int(s.get("niter", a.niter)),
-            schedule=str(s.get("schedule", a.schedule)),
-            lr=float(s.get("lr", a.lr)),
-            min_conf_thr=float(s.get("min_conf_thr", a.min_conf_thr)),
-            known_focal=_parse_focals(s.get("known_focal")) if "known_focal" in s else a.known_focal,
-            shared_focal=bool(s.get("shared_focal", a.shared_focal)),
-            early_stop=bool(s.get("early_stop", a.early_stop)),
-        ),
-    )
-    if cfg.alignment.schedule not in ("linear", "cosine"):
-        raise ValueError(f"schedule must be 'linear' or 'cosine', got {cfg.alignment.schedule!r}")
-    if "matcher" in s or "mapper" in s:
-        cfg = r(
-            cfg,
-            colmap=r(
-                cfg.colmap,
-                matcher=str(s.get("matcher", cfg.colmap.matcher)),
-                mapper=str(s.get("mapper", cfg.colmap.mapper)),
-            ),
-        )
-    post, viz = display_config(cfg, s)
-    return engine, r(cfg, postprocess=post, viz=viz)
+    cfg = apply_settings(base, {k: v for k, v in settings.items() if k in RUN_KEYS or k in DISPLAY_KEYS})
+    return cfg.engine, cfg
+
+
+def setting_widget(cfg: AppConfig, name: str, label: str, **overrides: Any):
+    """The page's widget for one setting of :data:`config.SETTINGS`: its kind, choices, range,
+    current value and info text come from the table; ``overrides`` adjust any of them."""
+    s = SETTINGS[name]
+    kwargs: dict[str, Any] = {"value": current_value(cfg, name), "label": label, "info": s.help}
+    if s.type is bool:
+        return gr.Checkbox(**{**kwargs, **overrides})
+    if s.choices is not None:
+        return gr.Radio(**{**kwargs, "choices": list(s.choices), **overrides})
+    if s.type in (int, float) and (s.maximum is not None or "maximum" in overrides):
+        step = 1 if s.type is int else 0.1
+        kwargs.update(minimum=s.minimum or 0, maximum=s.maximum, step=step)
+        return gr.Slider(**{**kwargs, **overrides})
+    if s.type in (int, float):
+        return gr.Number(**{**kwargs, "minimum": s.minimum, "maximum": s.maximum, **overrides})
+    return gr.Textbox(**{**kwargs, "max_lines": 1, **overrides})
 
 
 # --------------------------------------------------------------------------------------------
@@ -339,7 +244,7 @@ class UIHandlers:
     def _settings(self, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
         try:
             engine, cfg = settings_to_config(self.cfg, settings)
-        except (ValueError, TypeError) as e:
+        except ValueError as e:
             raise gr.Error(f"Invalid setting: {e}", print_exception=False) from e
         if engine not in self.pipeline.engines:
             raise gr.Error(
@@ -372,12 +277,22 @@ class UIHandlers:
         return result, glb, gallery, glb, status_text(result, export_s=export_s), self.model_status_md()
 
     def _fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
+        """An exception -> the page's error: a :class:`UserError`'s (or OS error's) own message, else
+        an internal error whose short id finds the traceback in the log."""
+        title = f"{what} failed"
+        if not isinstance(e, (UserError, OSError)):
+            eid = internal_error_id()
+            logger.error("%s: internal error %s", title, eid, exc_info=e)
+            message = (
+                f"Internal error {eid}: this is a bug, not your input. The server log has the details under {eid}."
+            )
+            return gr.Error(message, title=title, duration=None, print_exception=False)
         message = " ".join(str(e).split()) or type(e).__name__
         if job_dir is not None:  # server paths mean nothing to the user: keep the file names
             for folder in (job_dir / "inputs", job_dir):
                 message = message.replace(f"{folder}{os.sep}", "").replace(str(folder), "")
-        logger.warning("%s failed: %s", what, message)
-        return gr.Error(message, title=f"{what} failed", duration=None, print_exception=False)
+        logger.warning("%s: %s", title, message)
+        return gr.Error(message, title=title, duration=None, print_exception=False)
 
     def reconstruct(self, files: Any, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings: Any):  # noqa: B008 (Gradio idiom)
         """Run button / ``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
@@ -401,7 +316,7 @@ class UIHandlers:
         try:
             result = self.pipeline.reconstruct(paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress))
             return self._outputs(result)
-        except _USER_ERRORS as e:
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
             raise self._fail(e, "Reconstruction", job.dir) from e
 
     def realign(
@@ -423,11 +338,9 @@ class UIHandlers:
         job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
         self.sessions.add(session, job.id)
         try:
-            new = self.pipeline.realign(
-                result.pairs_path, cfg, job=job, progress=self._progress_fn(progress), like=result.scene
-            )
+            new = self.pipeline.realign(result.pairs_path, cfg, job=job, progress=self._progress_fn(progress))
             return self._outputs(new)
-        except _USER_ERRORS as e:
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
             raise self._fail(e, "Re-alignment", job.dir) from e
 
     def render(self, result: Result | None, **display: Any):
@@ -441,7 +354,7 @@ class UIHandlers:
             post, viz = display_config(result.settings, display)
             t0 = time.perf_counter()
             files = self.pipeline.export(result, post, viz, ("glb",))
-        except _USER_ERRORS as e:
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
             raise self._fail(e, "Display update") from e
         glb = str(files["glb"])
         return glb, glb, status_text(result, export_s=time.perf_counter() - t0)
@@ -457,7 +370,7 @@ class UIHandlers:
         try:
             post, viz = display_config(result.settings, display)
             files = self.pipeline.export(result, post, viz, EXPORT_FORMATS)
-        except _USER_ERRORS as e:
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
             raise self._fail(e, "Packaging") from e
         return str(files["zip"])
 
@@ -581,7 +494,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     engine0, notice = _default_engine(avail)
     max_age_s = int(cfg.jobs.max_age_hours * 3600)
     sizes = sorted({*IMAGE_SIZES, cfg.preprocess.image_size}, reverse=True)
-    a, post, viz, ui = cfg.alignment, cfg.postprocess, cfg.viz, cfg.ui
+    ui = cfg.ui
 
     with gr.Blocks(
         title="DUSt3R Studio", analytics_enabled=False, fill_width=True, delete_cache=(ui.cache_clean_s, max_age_s)
@@ -617,7 +530,16 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     )
                 with gr.Column(scale=0, elem_id="engine-panel"):
                     gr.Markdown("### Engine", elem_classes="panel-title")
-                    engine = gr.Radio(ENGINE_CHOICES, value=engine0, show_label=False, elem_id="engine")
+                    engine = setting_widget(
+                        cfg,
+                        "engine",
+                        "Engine",
+                        choices=ENGINE_CHOICES,
+                        value=engine0,
+                        show_label=False,
+                        info=None,
+                        elem_id="engine",
+                    )
                     model_md = gr.Markdown(handlers.model_status_md(), elem_id="model-status")
                 with gr.Accordion("Network input", open=False, visible=engine0 == "dust3r") as acc_input:
                     image_size = gr.Dropdown(
@@ -626,67 +548,42 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         label="Image size (long side, px)",
                         info="512 for the 512 models; 224 = square crop for the 224 model. Smaller is faster.",
                     )
-                    enhance = gr.Checkbox(
-                        value=cfg.preprocess.enhance,
-                        label="Enhance contrast and sharpness",
-                        info="Off by default: the network was trained without it. Can help dull, hazy photos.",
-                    )
+                    enhance = setting_widget(cfg, "enhance", "Enhance contrast and sharpness")
                 with gr.Accordion("Image pairs", open=False, visible=engine0 == "dust3r") as acc_pairs:
-                    graph_kind = cfg.inference.scene_graph.split("-")[0]
-                    scene_graph = gr.Dropdown(
-                        GRAPH_CHOICES,
-                        value=graph_kind if graph_kind in ("complete", "swin", "logwin", "oneref") else "complete",
-                        label="Scene graph",
+                    kind = cfg.inference.graph
+                    scene_graph = setting_widget(
+                        cfg,
+                        "scene_graph",
+                        "Scene graph",
+                        choices=GRAPH_CHOICES,
                         info="Which image pairs go through the network. Use a window for long ordered sequences.",
                     )
-                    window_size = gr.Slider(
-                        1, ui.max_images, value=3, step=1, label="Window size", visible=graph_kind in ("swin", "logwin")
+                    window_size = setting_widget(
+                        cfg, "window_size", "Window size", maximum=ui.max_images, visible=kind in ("swin", "logwin")
                     )
-                    cyclic = gr.Checkbox(
-                        value=True,
-                        label="Cyclic (the last images pair with the first)",
-                        visible=graph_kind in ("swin", "logwin"),
-                    )
-                    ref_image = gr.Slider(
-                        0,
-                        ui.max_images - 1,
-                        value=0,
-                        step=1,
-                        label="Reference image index",
-                        visible=graph_kind == "oneref",
+                    cyclic = setting_widget(cfg, "cyclic", "Cyclic", visible=kind in ("swin", "logwin"))
+                    ref_image = setting_widget(
+                        cfg, "ref_image", "Reference image index", maximum=ui.max_images - 1, visible=kind == "oneref"
                     )
                 with gr.Accordion("Global alignment", open=False, visible=engine0 == "dust3r") as acc_align:
-                    niter = gr.Slider(
-                        0,
-                        ui.max_niter,
-                        value=a.niter,
-                        step=10,
-                        label="Iterations",
-                        info="More = tighter fit, slower. 2 images need none.",
+                    niter = setting_widget(cfg, "niter", "Iterations", maximum=ui.max_niter, step=10)
+                    schedule = setting_widget(cfg, "schedule", "Learning-rate schedule")
+                    lr = setting_widget(cfg, "lr", "Learning rate", step=0.001)
+                    init_conf_thr = setting_widget(
+                        cfg, "init_conf_thr", "Initialisation confidence", minimum=1.0, maximum=ui.max_conf_thr
                     )
-                    schedule = gr.Radio(["linear", "cosine"], value=a.schedule, label="Learning-rate schedule")
-                    lr = gr.Number(value=a.lr, label="Learning rate", minimum=1e-6, maximum=1.0, step=0.001)
-                    known_focal = gr.Textbox(
-                        value="",
-                        label="Known focal length (px of the network input)",
+                    known_focal = setting_widget(
+                        cfg,
+                        "known_focal",
+                        "Known focal length (px of the network input)",
                         placeholder="empty = estimate · one value · or one per image: 480,500",
-                        max_lines=1,
                     )
                     with gr.Row():
-                        shared_focal = gr.Checkbox(
-                            value=a.shared_focal, label="Shared focal", info="One camera, one zoom."
-                        )
-                        early_stop = gr.Checkbox(
-                            value=a.early_stop, label="Early stop", info="Stop when the loss settles."
-                        )
+                        shared_focal = setting_widget(cfg, "shared_focal", "Shared focal")
+                        early_stop = setting_widget(cfg, "early_stop", "Early stop")
                 with gr.Accordion("COLMAP", open=False, visible=engine0 == "colmap") as acc_colmap:
-                    matcher = gr.Radio(
-                        ["auto", "exhaustive", "sequential"],
-                        value=cfg.colmap.matcher,
-                        label="Feature matching",
-                        info="auto: exhaustive for small sets, sequential for long ordered captures.",
-                    )
-                    mapper = gr.Radio(["global", "incremental"], value=cfg.colmap.mapper, label="Mapping")
+                    matcher = setting_widget(cfg, "matcher", "Feature matching")
+                    mapper = setting_widget(cfg, "mapper", "Mapping")
                 run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn")
 
             # ---------------- right: results ----------------
@@ -709,43 +606,29 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     realign_btn = gr.Button("Re-align (no network)", visible=engine0 == "dust3r", elem_id="realign-btn")
                 with gr.Accordion("Display · updates the model without re-running", open=True, elem_id="display"):
                     with gr.Row():
-                        min_conf_thr = gr.Slider(
-                            1.0,
-                            ui.max_conf_thr,
-                            value=post.min_conf_thr,
-                            step=0.1,
-                            label="Confidence threshold",
-                            info="DUSt3R: raw network confidence (> 1) a point needs. Higher = fewer, surer points.",
+                        min_conf_thr = setting_widget(
+                            cfg, "min_conf_thr", "Confidence threshold", minimum=1.0, maximum=ui.max_conf_thr
                         )
-                        cam_size = gr.Slider(
-                            0.001,
-                            ui.max_cam_size,
-                            value=viz.cam_size,
-                            step=0.001,
-                            label="Camera size",
-                            info="Fraction of the scene size.",
+                        cam_size = setting_widget(
+                            cfg, "cam_size", "Camera size", minimum=0.001, maximum=ui.max_cam_size, step=0.001
                         )
                     with gr.Row():
-                        view_mode = gr.Radio(
-                            [("Mesh", "mesh"), ("Point cloud", "pointcloud")],
-                            value="pointcloud" if viz.as_pointcloud else "mesh",
-                            label="Show as",
+                        view_mode = setting_widget(
+                            cfg,
+                            "view_mode",
+                            "Show as",
+                            choices=[("Mesh", "mesh"), ("Point cloud", "pointcloud")],
+                            info=None,
                         )
                         with gr.Column():
-                            show_cameras = gr.Checkbox(value=viz.show_cameras, label="Show cameras")
-                            cam_transparent = gr.Checkbox(value=viz.cam_transparent, label="Transparent cameras")
-                            cam_image = gr.Checkbox(value=viz.cam_image, label="Photos on cameras")
+                            show_cameras = setting_widget(cfg, "show_cameras", "Show cameras", info=None)
+                            cam_transparent = setting_widget(cfg, "cam_transparent", "Transparent cameras", info=None)
+                            cam_image = setting_widget(cfg, "cam_image", "Photos on cameras", info=None)
                     with gr.Row():
-                        clean_depth = gr.Checkbox(
-                            value=post.clean_depth, label="Clean-up", info="Drop points hidden behind other views."
-                        )
-                        outlier_removal = gr.Checkbox(
-                            value=post.outlier_removal, label="Remove outliers", info="Isolated floating points."
-                        )
-                        largest_component = gr.Checkbox(
-                            value=post.largest_component, label="Main object only", info="Largest connected part."
-                        )
-                        mask_sky = gr.Checkbox(value=post.mask_sky, label="Remove sky")
+                        clean_depth = setting_widget(cfg, "clean_depth", "Clean-up")
+                        outlier_removal = setting_widget(cfg, "outlier_removal", "Remove outliers")
+                        largest_component = setting_widget(cfg, "largest_component", "Main object only")
+                        mask_sky = setting_widget(cfg, "mask_sky", "Remove sky", info=None)
                 gallery = gr.Gallery(
                     label="Views · RGB, depth, confidence", columns=3, height=300, object_fit="contain", elem_id="views"
                 )
@@ -761,6 +644,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             niter=niter,
             schedule=schedule,
             lr=lr,
+            init_conf_thr=init_conf_thr,
             known_focal=known_focal,
             shared_focal=shared_focal,
             early_stop=early_stop,

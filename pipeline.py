@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from config import AppConfig, PostprocessConfig, VizConfig
+from config import AppConfig, ModelConfig, PostprocessConfig, VizConfig
 from core import jobs
 from core.alignment import align
 from core.checkpoint import weights_availability
@@ -55,6 +55,7 @@ from core.outputs.postprocessing import point_masks, sparse_mask
 from core.outputs.visualization import render_view_maps
 from core.runtime import resolve_device
 from core.types import PairPredictions, ProgressFn, Scene
+from model import get_model
 
 __all__ = [
     "PAIRS_FILE",
@@ -123,11 +124,14 @@ def stage_label(stage: str, done: int, total: int) -> str:
     return name
 
 
-def make_engines(cfg: AppConfig | None = None) -> dict[str, Engine]:
-    """The engine registry with the app's model loader (:func:`model.get_model`, one cache)."""
-    from model import get_model
+def _load_model(model_cfg: ModelConfig):
+    """The app's model loader, given to the DUSt3R engine: :func:`model.get_model` (one cache)."""
+    return get_model(model_cfg)
 
-    return _make_engines(cfg if cfg is not None else AppConfig(), load_model=get_model)
+
+def make_engines(cfg: AppConfig | None = None) -> dict[str, Engine]:
+    """The engine registry with the app's model loader."""
+    return _make_engines(cfg if cfg is not None else AppConfig(), load_model=_load_model)
 
 
 @dataclass(frozen=True)
@@ -276,12 +280,11 @@ def reconstruct(
     with ``status: failed``). Raises :class:`core.errors.UserError` subclasses for what the user can
     fix (bad images, weights, alignment, COLMAP, memory).
     """
-    if engine is not None:
-        cfg = dataclasses.replace(cfg, engine=engine)
     engines = engines if engines is not None else make_engines(cfg)
-    if cfg.engine not in engines:
-        raise SettingsError(f"unknown engine {cfg.engine!r}; available: {', '.join(sorted(engines))}")
-    eng = engines[cfg.engine]
+    name = engine if engine is not None else cfg.engine
+    if name not in engines:
+        raise SettingsError(f"unknown engine {name!r}; available: {', '.join(sorted(engines))}")
+    cfg, eng = dataclasses.replace(cfg, engine=name), engines[name]
     paths = expand_image_paths(image_paths)
     job = job if job is not None else create_job(cfg.jobs.output_root)
     clock = StageClock(progress)
@@ -304,13 +307,12 @@ def realign(
     *,
     job: Job | None = None,
     progress: ProgressFn | None = None,
-    like: Scene | None = None,
 ) -> Result:
     """Global alignment (and the scene outputs) again from saved pair predictions; no network.
 
     pairs_npz: a file in the reference fixture key layout (``PairPredictions.save_npz``); images
-    inside it are optional (without them the points are grey). Image names and original sizes come
-    from ``like`` (the previous scene), else from a ``manifest.json`` beside the file.
+    inside it are optional (without them the points are grey). Image names, original sizes and the
+    processed->original maps come from the file itself (:meth:`PairPredictions.view_info`).
     """
     pairs_npz = Path(pairs_npz)
     if not pairs_npz.is_file():
@@ -325,8 +327,7 @@ def realign(
         clock("load", 1, 1)
         device = resolve_device(cfg.model.device)
         clock("align", 0, cfg.alignment.niter)
-        scene = align(preds, cfg.alignment, device=device, progress=clock)
-        scene = _with_view_info(scene, like, pairs_npz)
+        scene = dataclasses.replace(align(preds, cfg.alignment, device=device, progress=clock), **preds.view_info())
         if preds.images is None:
             scene = _add_warnings(scene, [f"{pairs_npz.name} holds no images: the points are grey"])
         extra = {**scene.extra, "device": str(device), "n_pairs": int(preds.pairs.shape[0])}
@@ -334,29 +335,6 @@ def realign(
 
     logger.info("job %s: re-aligning %s in %s", job.id, pairs_npz, job.dir)
     return _run_job(job, cfg, clock, body)
-
-
-def _with_view_info(scene: Scene, like: Scene | None, pairs_npz: Path) -> Scene:
-    """Names, original sizes and maps from the previous scene, else a manifest beside the pairs file."""
-    if like is not None and like.n_views == scene.n_views:
-        return dataclasses.replace(
-            scene,
-            names=like.names,
-            original_sizes=like.original_sizes,
-            original_from_processed=like.original_from_processed,
-        )
-    info = jobs.read_manifest(jobs.Job(id="", dir=pairs_npz.parent)).get("images")
-    if not isinstance(info, list) or len(info) != scene.n_views:
-        return scene
-    try:
-        return dataclasses.replace(
-            scene,
-            names=tuple(str(i["name"]) for i in info),
-            original_sizes=tuple((int(i["original_size"][0]), int(i["original_size"][1])) for i in info),
-            original_from_processed=np.array([i["original_from_processed"] for i in info], dtype=np.float64),
-        )
-    except (KeyError, TypeError, ValueError, IndexError):
-        return scene
 
 
 # --------------------------------------------------------------------------------------------
@@ -450,9 +428,8 @@ class Pipeline:
         *,
         job: Job | None = None,
         progress: ProgressFn | None = None,
-        like: Scene | None = None,
     ) -> Result:
-        return realign(pairs_npz, cfg, job=job, progress=progress, like=like)
+        return realign(pairs_npz, cfg, job=job, progress=progress)
 
     def export(
         self,

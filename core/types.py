@@ -146,6 +146,12 @@ class PairPredictions:
                 f"{self.original_from_processed.shape}"
             )
 
+    def view_info(self) -> dict:
+        """The views' ``names`` (when known), ``original_sizes`` and ``original_from_processed``, as
+        :class:`Scene` fields: ``dataclasses.replace(scene, **preds.view_info())``."""
+        info = {"original_sizes": self.original_sizes, "original_from_processed": self.original_from_processed}
+        return info if self.names is None else {**info, "names": tuple(self.names)}
+
     def save_npz(self, path: str | Path, *, batch_size: int = 1) -> None:
         """Write the reference fixture key layout (``tiny_*_inference.npz``).
 

@@ -104,6 +104,7 @@ def test_settings_to_config() -> None:
             "known_focal": "500, 510",
             "view_mode": "pointcloud",
             "min_conf_thr": 5,
+            "init_conf_thr": 5,
             "mask_sky": True,
             "cam_size": 0.1,
             "matcher": "sequential",

@@ -20,7 +20,7 @@ from core.alignment import align
 from core.checkpoint import weights_availability
 from core.inference import run_inference
 from core.inputs.pairs import make_pairs
-from core.inputs.preprocessing import load_images
+from core.inputs.preprocessing import load_views
 from core.runtime import resolve_device, select_autocast_dtype
 from core.types import ProgressFn, Scene
 
@@ -72,20 +72,19 @@ class Dust3rEngine:
         return model
 
     def reconstruct(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path, progress: ProgressFn) -> Scene:
-        """Image files -> aligned dense Scene with the views' names, sizes and maps."""
+        """Image files -> aligned dense Scene with the views' names, original sizes and maps."""
         n = len(image_paths)
         progress("load", 0, n)
-        images = load_images(image_paths, cfg.preprocess)
+        views = load_views(image_paths, cfg.preprocess)  # a single image is paired with its copy here
         progress("load", n, n)
-        if n > 1:  # validates the scene graph before the (slow) model load
-            make_pairs(n, cfg.inference.scene_graph)
+        pairs = make_pairs(len(views), cfg.inference.scene_graph)  # before the (slow) model load
         progress("model", 0, 1)
         model = self._model(cfg.model)
         progress("model", 1, 1)
         device = resolve_device(cfg.model.device)
         autocast_dtype = select_autocast_dtype(device, cfg.inference.precision)
         preds = run_inference(
-            model, images, cfg.inference, device=device, autocast_dtype=autocast_dtype, progress=progress
+            model, views, cfg.inference, pairs=pairs, device=device, autocast_dtype=autocast_dtype, progress=progress
         )
         if cfg.jobs.save_pairs:
             progress("save", 0, 1)
@@ -93,7 +92,6 @@ class Dust3rEngine:
             progress("save", 1, 1)
         progress("align", 0, cfg.alignment.niter)
         scene = align(preds, cfg.alignment, device=device, progress=progress)
-        scene = _with_image_info(scene, images)
         extra = dict(scene.extra)
         extra.update(
             device=str(device),
@@ -101,20 +99,4 @@ class Dust3rEngine:
             n_pairs=int(preds.pairs.shape[0]),
             checkpoint=cfg.model.checkpoint,
         )
-        return dataclasses.replace(scene, extra=extra)
-
-
-def _with_image_info(scene: Scene, images) -> Scene:
-    """Copy upload names, original sizes and the processed->original maps into the scene."""
-    import numpy as np
-
-    if len(images) == 1 and scene.n_views == 2:  # a single image is paired with its copy
-        images = [images[0], images[0]]
-    if len(images) != scene.n_views:
-        return scene
-    return dataclasses.replace(
-        scene,
-        names=tuple(im.name for im in images),
-        original_sizes=tuple(im.original_size for im in images),
-        original_from_processed=np.stack([im.original_from_processed() for im in images]),
-    )
+        return dataclasses.replace(scene, extra=extra, **preds.view_info())

@@ -42,8 +42,8 @@ from core.outputs.postprocessing import (
     sparse_mask,
     transform_points,
 )
-from core.types import Scene
 from core.outputs.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
+from core.types import Scene
 
 __all__ = [
     "EXPORT_FORMATS",

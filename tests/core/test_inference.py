@@ -91,8 +91,8 @@ def _count(monkeypatch, net, method: str) -> list[int]:
     return calls
 
 
-def _run(net, images, dtype=None, **cfg):
-    return run_inference(net, images, InferenceConfig(**cfg), device=CPU, autocast_dtype=dtype)
+def _run(net, images, dtype=None, scene_graph="complete", **cfg):
+    return run_inference(net, images, InferenceConfig.with_graph(scene_graph, **cfg), device=CPU, autocast_dtype=dtype)
 
 
 # ---------------------------------------------------------------------------- reference parity
