@@ -9,7 +9,7 @@ from pathlib import Path
 
 import gradio_ui
 import pipeline
-from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig, UIConfig
+from tests.conftest import tiny_config
 
 
 def free_port() -> int:
@@ -22,14 +22,7 @@ def free_port() -> int:
 @contextmanager
 def serve_tiny_app(fixtures_dir: Path, jobs_root: Path, *, niter: int) -> Iterator[str]:
     """Start the app (tiny_linear model, 64 px inputs, fp32) and yield its URL; closed on exit."""
-    cfg = AppConfig(
-        model=ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"), device="cpu"),
-        preprocess=PreprocessConfig(image_size=64),
-        inference=InferenceConfig(precision="fp32"),
-        alignment=AlignmentConfig(niter=niter),
-        jobs=JobConfig(output_root=jobs_root),
-        ui=UIConfig(port=free_port()),
-    )
+    cfg = tiny_config(jobs_root, niter=niter, port=free_port())
     demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
     demo.launch(prevent_thread_lock=True, quiet=True, **gradio_ui.launch_kwargs(cfg))
     try:

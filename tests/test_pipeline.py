@@ -14,19 +14,10 @@ import pytest
 import trimesh
 
 import pipeline
-from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig
+from config import AppConfig, JobConfig, ModelConfig
 from core.inputs.preprocessing import ImageLoadError
 from core.types import PairPredictions
-
-
-def tiny_config(fixtures_dir: Path, out: Path, model: str = "tiny_linear", niter: int = 20) -> AppConfig:
-    return AppConfig(
-        model=ModelConfig(checkpoint=str(fixtures_dir / model), device="cpu"),
-        preprocess=PreprocessConfig(image_size=64),
-        inference=InferenceConfig(precision="fp32"),
-        alignment=AlignmentConfig(niter=niter),
-        jobs=JobConfig(output_root=out),
-    )
+from tests.conftest import tiny_config
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +28,7 @@ def images(fixtures_dir: Path) -> list[Path]:
 @pytest.fixture(scope="module")
 def tiny_run_and_calls(fixtures_dir: Path, images: list[Path], tmp_path_factory):
     """One reconstruction shared by the read-only checks below, with its progress reports."""
-    cfg = tiny_config(fixtures_dir, tmp_path_factory.mktemp("jobs"))
+    cfg = tiny_config(tmp_path_factory.mktemp("jobs"))
     calls: list[tuple[str, int, int]] = []
     result = pipeline.reconstruct(images, cfg, progress=lambda s, d, t: calls.append((s, d, t)))
     return result, calls
@@ -136,7 +127,7 @@ def test_render_views_gallery(tiny_run: pipeline.Result) -> None:
 
 
 def test_two_concurrent_jobs_share_no_file(fixtures_dir: Path, images: list[Path], tmp_path: Path) -> None:
-    cfg = tiny_config(fixtures_dir, tmp_path / "jobs", niter=10)
+    cfg = tiny_config(tmp_path / "jobs", niter=10)
     results: dict[int, pipeline.Result] = {}
     errors: list[BaseException] = []
 
@@ -198,7 +189,7 @@ def test_realign_without_images_gives_grey_points(fixtures_dir: Path, tmp_path: 
     path = tmp_path / "noimg.npz"
     np.savez(path, **stripped)
     assert PairPredictions.load_npz(path).images is None
-    cfg = tiny_config(fixtures_dir, tmp_path / "jobs", niter=10)
+    cfg = tiny_config(tmp_path / "jobs", niter=10)
     res = pipeline.realign(path, cfg)
     for img in res.scene.images:
         assert img.dtype == np.uint8 and (img == img[..., :1]).all()  # grey: R == G == B
@@ -206,7 +197,7 @@ def test_realign_without_images_gives_grey_points(fixtures_dir: Path, tmp_path: 
 
 
 def test_bad_inputs_are_clear_errors(fixtures_dir: Path, images: list[Path], tmp_path: Path) -> None:
-    cfg = tiny_config(fixtures_dir, tmp_path / "jobs")
+    cfg = tiny_config(tmp_path / "jobs")
     with pytest.raises(ValueError, match="unknown engine 'nerf'"):
         pipeline.reconstruct(images, cfg, engine="nerf")
     with pytest.raises(ImageLoadError, match="missing.png: file not found"):

@@ -8,23 +8,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import gradio as gr
+import numpy as np
 import pytest
 import trimesh
 
 import gradio_ui
 import pipeline
-from config import AlignmentConfig, AppConfig, InferenceConfig, JobConfig, ModelConfig, PreprocessConfig, UIConfig
+from config import AppConfig, ModelConfig
+from tests.conftest import tiny_config
 
 
 def _cfg(fixtures_dir: Path, out: Path, checkpoint: str | None = None) -> AppConfig:
-    return AppConfig(
-        model=ModelConfig(checkpoint=checkpoint or str(fixtures_dir / "tiny_linear"), device="cpu"),
-        preprocess=PreprocessConfig(image_size=64),
-        inference=InferenceConfig(precision="fp32"),
-        alignment=AlignmentConfig(niter=15),
-        jobs=JobConfig(output_root=out),
-        ui=UIConfig(max_images=4),
-    )
+    return tiny_config(out, niter=15, checkpoint=checkpoint, max_images=4)
 
 
 def _component(demo: gr.Blocks, elem_id: str):
@@ -271,3 +266,35 @@ def test_no_weights_page_reconstructs_with_colmap(fixtures_dir: Path, tmp_path: 
     assert "COLMAP" in status and "points" in status
     assert len(gallery) == 6  # RGB only: a sparse scene has no depth or confidence maps
     assert any(isinstance(g, trimesh.PointCloud) for g in trimesh.load(glb).geometry.values())
+
+
+def test_display_threshold_never_changes_the_alignment(ui_run, images: list[str]) -> None:
+    """Moving the display slider and pressing Reconstruct gives the same alignment as before."""
+    handlers, (first, *_), _ = ui_run
+    again = handlers.reconstruct(
+        images, _request("session-a"), _Progress(), engine="dust3r", niter=15, min_conf_thr=12.0
+    )[0]
+    assert again.settings.postprocess.min_conf_thr == 12.0
+    assert again.settings.alignment.min_conf_thr == first.settings.alignment.min_conf_thr == 3.0
+    np.testing.assert_array_equal(again.scene.world_from_cam, first.scene.world_from_cam)
+    np.testing.assert_array_equal(again.scene.focals, first.scene.focals)
+    np.testing.assert_array_equal(np.stack(again.scene.depths), np.stack(first.scene.depths))
+    stricter_init = handlers.reconstruct(
+        images, _request("session-a"), _Progress(), engine="dust3r", niter=15, init_conf_thr=12.0
+    )[0]
+    assert stricter_init.settings.alignment.min_conf_thr == 12.0
+    assert not np.array_equal(stricter_init.scene.world_from_cam, first.scene.world_from_cam)
+
+
+def test_internal_errors_are_logged_with_an_id(ui_run, monkeypatch, caplog) -> None:
+    handlers, *_ = ui_run
+
+    def broken(*args, **kwargs):
+        raise KeyError("bug")
+
+    monkeypatch.setattr(handlers.pipeline, "reconstruct", broken)
+    with pytest.raises(gr.Error) as info:
+        handlers.reconstruct([str(Path(__file__))], _request("session-b"), _Progress())
+    eid = info.value.message.split()[2].rstrip(":")
+    assert info.value.message.startswith("Internal error E-") and "KeyError" not in info.value.message
+    assert any(eid in r.getMessage() and r.exc_info for r in caplog.records)
