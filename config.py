@@ -101,7 +101,7 @@ class InferenceConfig:
     pair the view is in; least recently used out first); 0 = recompute it for every pair."""
     tune_cpu_allocator: bool = True
     """On CPU (glibc), keep freed memory for reuse instead of returning it to the OS, so large
-    tensors do not pay page faults on every allocation (``core.allocator``); the process then
+    tensors do not pay page faults on every allocation (``core.runtime``); the process then
     keeps its peak memory after a run."""
 
     def __post_init__(self) -> None:

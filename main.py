@@ -273,7 +273,7 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
 
 def _config_from_args(args: argparse.Namespace, base: AppConfig) -> AppConfig:
     """Command-line values -> AppConfig (range checks raise ValueError -> usage error)."""
-    from model import resolve_device
+    from core.runtime import resolve_device
 
     r = dataclasses.replace
     cfg = base
@@ -485,13 +485,13 @@ def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -
     import torch
 
     if torch.cuda.is_available():
-        from core.inference import enable_tf32
+        from core.runtime import enable_tf32
 
         enable_tf32()
     elif tune_allocator:
-        from core import allocator
+        from core import runtime
 
-        allocator.tune_cpu_allocator()
+        runtime.tune_cpu_allocator()
     try:
         import pycolmap
     except ImportError:  # the COLMAP engine reports this itself when selected

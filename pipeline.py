@@ -48,8 +48,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from config import OFFICIAL_CHECKPOINTS, AppConfig, JobConfig, ModelConfig, PostprocessConfig, VizConfig
+from config import AppConfig, JobConfig, ModelConfig, PostprocessConfig, VizConfig
 from core.alignment import align
+from core.checkpoint import weights_availability
 from core.engines.colmap import ColmapEngine
 from core.inference import run_inference
 from core.inputs.pairs import make_pairs
@@ -57,8 +58,9 @@ from core.inputs.preprocessing import ImageLoadError, list_image_files, load_ima
 from core.outputs.export import EXPORT_FORMATS, export_scene
 from core.outputs.postprocessing import point_masks, sparse_mask
 from core.outputs.visualization import render_view_maps
+from core.runtime import resolve_device, select_autocast_dtype, tune_cpu_allocator
 from core.types import Engine, InputImage, PairPredictions, ProgressFn, Scene
-from model import get_model, resolve_device, select_autocast_dtype
+from model import get_model
 
 __all__ = [
     "PAIRS_FILE",
@@ -142,66 +144,6 @@ def stage_label(stage: str, done: int, total: int) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _hub_repo_id(checkpoint: str) -> str | None:
-    """The hub repo id a checkpoint string names, or None when it names a local path."""
-    text = checkpoint.strip()
-    if text in OFFICIAL_CHECKPOINTS:
-        return OFFICIAL_CHECKPOINTS[text]
-    if Path(text).expanduser().exists():
-        return None
-    if re.fullmatch(r"[A-Za-z0-9][\w.-]*/[\w.-]+", text) and not text.endswith((".pth", ".pt", ".safetensors")):
-        return text
-    return None
-
-
-def _hub_cache_dir(cache_dir: str | None) -> str:
-    from huggingface_hub import constants
-
-    return str(cache_dir) if cache_dir is not None else str(constants.HF_HUB_CACHE)
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-
-
-def weights_availability(model_cfg: ModelConfig) -> str | None:
-    """None when ``model_cfg.checkpoint`` can be loaded without the network, else why not.
-
-    Looks at the file system and the Hugging Face cache only (never downloads).
-    """
-    text = model_cfg.checkpoint.strip()
-    path = Path(text).expanduser()
-    how = (
-        "Provide them with --checkpoint /path/to/folder (config.json + model.safetensors), "
-        "--checkpoint /path/to/model.safetensors or an original .pth file"
-    )
-    if path.exists():
-        return None
-    repo_id = _hub_repo_id(text)
-    if repo_id is None:
-        return f"DUSt3R checkpoint {text!r} not found. {how}."
-    from huggingface_hub import try_to_load_from_cache
-
-    cache = _hub_cache_dir(model_cfg.cache_dir)
-    cached = [
-        try_to_load_from_cache(repo_id, name, cache_dir=model_cfg.cache_dir)
-        for name in ("config.json", "model.safetensors")
-    ]
-    if all(isinstance(c, str) and Path(c).is_file() for c in cached):
-        return None
-    if _hub_offline():
-        return (
-            f"DUSt3R weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
-            f"offline (HF_HUB_OFFLINE). {how}, or go online once so they download (about 2.3 GB)."
-        )
-    return (
-        f"DUSt3R weights ({repo_id}) are not downloaded yet (about 2.3 GB, into {cache}); they "
-        f"download on the first DUSt3R run. {how}."
-    )
-
-
 @dataclass(frozen=True)
 class ModelStatus:
     """What the UI shows about the DUSt3R network."""
@@ -262,6 +204,8 @@ class Dust3rEngine:
         progress("model", 1, 1)
         device = resolve_device(cfg.model.device)
         autocast_dtype = select_autocast_dtype(device, cfg.inference.precision)
+        if device.type == "cpu" and cfg.inference.tune_cpu_allocator:
+            tune_cpu_allocator()  # process-wide, once; main.py applies it at start-up already
         preds = run_inference(
             model, images, cfg.inference, device=device, autocast_dtype=autocast_dtype, progress=progress
         )

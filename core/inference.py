@@ -15,19 +15,18 @@ alignment consumes (:class:`core.types.PairPredictions`), giving the reference's
    the view's own encoder tokens (``model.head_view_features``: about a sixth of the head's
    work) is computed once per view and head and reused by every pair the view is in, within
    ``cfg.view_cache_gb`` (least recently used out first).
-3. **Precision.** The caller picks the autocast dtype (``model.select_autocast_dtype(device,
+3. **Precision.** The caller picks the autocast dtype (``core.runtime.select_autocast_dtype(device,
    cfg.precision)``: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, None = plain float32) and
    passes it in; this module never imports ``model.py``. Encoder and decoder run under autocast,
-   heads in float32. TF32 is a process-wide switch: ``main.py`` calls :func:`enable_tf32` once.
+   heads in float32. TF32 is a process-wide switch: ``main.py`` calls ``core.runtime.enable_tf32`` once.
 4. **Memory guard.** Before anything runs, :func:`estimate_memory` predicts the peak (formula in
    its docstring) and :func:`check_memory` compares it with the free device memory times
    ``cfg.memory_fraction``. If the requested batch size does not fit but a smaller one does, the
    batch shrinks (logged); if even one pair at a time does not fit, :class:`InsufficientMemoryError`
    names the estimate and the pair count and suggests ``swin``/``logwin`` or a smaller image size.
    A CUDA out-of-memory error that still happens is re-raised as the same error with the same advice.
-5. **CPU allocator.** On the CPU, ``cfg.tune_cpu_allocator`` applies
-   :func:`core.allocator.tune_cpu_allocator` (freed memory kept for reuse; no page faults on the
-   heads' large maps) before the first run.
+5. **CPU allocator.** ``cfg.tune_cpu_allocator`` is applied by the entry points (``main.py``,
+   the pipeline's DUSt3R engine) with ``core.runtime.tune_cpu_allocator``, not here.
 
 Single image: it is paired with a copy of itself, as the reference demo does
 (:func:`core.inputs.pairs.duplicate_single_image`): the result then has 2 views (the image, and the copy
@@ -51,7 +50,6 @@ from typing import Any, Protocol
 import torch
 
 from config import InferenceConfig
-from core.allocator import tune_cpu_allocator
 from core.errors import InsufficientMemoryError
 from core.inputs.pairs import count_pairs, duplicate_single_image, make_pairs
 from core.types import InputImage, PairPredictions, ProgressFn
@@ -73,7 +71,6 @@ __all__ = [
     "estimate_memory",
     "check_memory",
     "available_memory",
-    "enable_tf32",
     "resolve_batch_size",
     "view_cache_bytes",
 ]
@@ -120,26 +117,6 @@ class PairModel(Protocol):
         ...
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
-
-# --------------------------------------------------------------------------------------------
-# Process-wide switch (called by main.py only)
-# --------------------------------------------------------------------------------------------
-
-
-def enable_tf32() -> None:
-    """Allow TF32 for float32 matmuls and convolutions on CUDA (Ampere and newer).
-
-    Process-wide, like the reference (which sets it when croco is imported); only ``main.py``
-    calls this, once at start-up. No effect on CPU runs.
-    """
-    matmul = torch.backends.cuda.matmul
-    if hasattr(matmul, "fp32_precision"):  # torch >= 2.9 API
-        matmul.fp32_precision = "tf32"
-        torch.backends.cudnn.conv.fp32_precision = "tf32"
-    else:  # pragma: no cover - older torch
-        matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
 
 
 # --------------------------------------------------------------------------------------------
@@ -656,8 +633,8 @@ def run_inference(
     model: the network on ``device`` in eval mode (:class:`PairModel`, e.g. ``model.DUSt3R``).
     images: N preprocessed views, ``tensor`` (1, 3, H, W) float32 in [-1, 1]; shapes may differ.
     cfg: scene graph, batch size (pairs decoded together; also images encoded together) and
-    memory fraction, view-cache size, CPU allocator tuning (``cfg.precision`` is resolved by the
-    caller into ``autocast_dtype``).
+    memory fraction, view-cache size (``cfg.precision`` is resolved by the caller into
+    ``autocast_dtype``; ``cfg.tune_cpu_allocator`` is applied by the caller too).
     autocast_dtype: None for float32, or torch.bfloat16 / torch.float16 for the encoder and decoder.
 
     Returns PairPredictions (CPU float32): ``pairs`` (P, 2) int64 (view-1 index, view-2 index);
@@ -686,8 +663,6 @@ def run_inference(
         autocast_dtype,
         est.describe(),
     )
-    if device.type == "cpu" and cfg.tune_cpu_allocator:
-        tune_cpu_allocator()
     try:
         return _run(model, views, pairs, est.batch_size, device, autocast_dtype, view_cache_bytes(cfg), progress)
     except torch.OutOfMemoryError as e:

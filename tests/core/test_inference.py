@@ -15,7 +15,6 @@ from core.inference import (
     InsufficientMemoryError,
     ModelDims,
     check_memory,
-    enable_tf32,
     estimate_memory,
     run_inference,
 )
@@ -277,16 +276,6 @@ def test_rejects_unsupported_autocast_dtype(nets):
         )
 
 
-def test_enable_tf32_sets_the_cuda_matmul_switch():
-    matmul = torch.backends.cuda.matmul
-    before = (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision)
-    try:
-        enable_tf32()
-        assert matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
-    finally:
-        matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = before
-
-
 # ---------------------------------------------------------------------------- per-view head cache
 
 
@@ -387,7 +376,7 @@ def test_estimate_from_model_reads_the_architecture(nets):
     assert (dims.dpt_feature_dim, dims.dpt_last_dim) == (16, 16)
     assert dims.weight_bytes == sum(p.numel() * 4 for p in nets["tiny_dpt"].parameters())
     with torch.device("meta"):
-        official = M.DUSt3R(**M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
+        official = M.DUSt3R(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     assert ModelDims.from_model(official) == ModelDims()
 
 
