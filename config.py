@@ -31,6 +31,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "DUSt3R_ViTLarge_BaseDecoder_512_dpt": "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",
     "DUSt3R_ViTLarge_BaseDecoder_512_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_512_linear",
     "DUSt3R_ViTLarge_BaseDecoder_224_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear",
+    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric": "naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
 }
 DEFAULT_CHECKPOINT = OFFICIAL_CHECKPOINTS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]
 
@@ -103,6 +104,9 @@ class InferenceConfig:
     """On CPU (glibc), keep freed memory for reuse instead of returning it to the OS, so large
     tensors do not pay page faults on every allocation (``core.runtime``); the process then
     keeps its peak memory after a run."""
+    descriptors: bool = False
+    """MASt3R checkpoints only: also predict the per-pixel descriptors (``desc``, ``desc_conf``),
+    which the alignment does not need (their MLP costs ~90 GFLOP per view and pair at 512x384)."""
 
     def __post_init__(self) -> None:
         _check(self.batch_size >= 0, f"batch_size must be >= 0 (0 = auto), got {self.batch_size}")

@@ -1,4 +1,4 @@
-"""The DUSt3R network (our own implementation) and how to load it.
+"""The DUSt3R network (our own implementation; MASt3R too) and how to load it.
 
 Architecture (FORMAT.md sections 1, 2, 5): a ViT encoder with 2-D rotary position embedding
 (RoPE, base 100) shared by both views, two transformer decoders with cross-attention that update
@@ -11,6 +11,10 @@ Tensors: images are ``(B, 3, H, W)`` float in [-1, 1] with H and W multiples of 
 (16); tokens are ``(B, N, C)`` with N = (H/16)*(W/16) in row-major order; token positions are
 ``(B, N, 2)`` int64 ``(y, x)`` = (row, column) of the patch. Portrait and landscape images are
 encoded as they are (the reference's ``landscape_only=False`` behaviour).
+
+MASt3R (``AsymmetricMASt3R``, ``head_type="catmlp+dpt"``) is the same network with a head that
+also predicts per-pixel descriptors (:class:`core.heads.MASt3RHead`), computed only when asked
+for (``descriptors=True``); its points are metric (:attr:`core.arch.ModelArch.metric`).
 
 Typical use::
 
@@ -42,7 +46,7 @@ from core import runtime
 from core.arch import OFFICIAL_CONFIGS, ModelArch
 from core.checkpoint import check_state_dict, parse_constructor_string, read_checkpoint, remap_checkpoint_keys
 from core.errors import CheckpointError
-from core.heads import DPTHead, LinearHead, dpt_hooks
+from core.heads import DPTHead, LinearHead, MASt3RHead, dpt_hooks
 from core.transformer import LN_EPS, DecoderBlock, EncoderBlock, PatchEmbed, rope_cos_sin
 
 __all__ = [
@@ -66,12 +70,14 @@ logger = logging.getLogger(__name__)
 
 
 class DUSt3R(nn.Module):
-    """DUSt3R (Naver's ``AsymmetricCroCo3DStereo``) for inference, built from a :class:`ModelArch`.
+    """DUSt3R (Naver's ``AsymmetricCroCo3DStereo``) or MASt3R (``AsymmetricMASt3R``) for inference,
+    built from a :class:`ModelArch`.
 
     Submodules (registration order = the reference state-dict order): ``mask_token`` (stored,
     unused at inference), ``patch_embed``, ``enc_blocks``, ``enc_norm``, ``decoder_embed``,
     ``dec_blocks`` (view 1), ``dec_norm``, ``dec_blocks2`` (view 2), ``downstream_head1/2``.
-    Use :meth:`from_config` for a config mapping (it names unknown keys).
+    Use :meth:`from_config` for a config mapping (it names unknown keys). ``metric``: whether the
+    points are in metres (MASt3R); ``desc_dim``: descriptor channels (0: no descriptor head).
     """
 
     def __init__(self, arch: ModelArch) -> None:
@@ -84,6 +90,7 @@ class DUSt3R(nn.Module):
         self.enc_embed_dim, self.dec_embed_dim = a.enc_embed_dim, a.dec_embed_dim
         self.enc_head_dim = a.enc_embed_dim // a.enc_num_heads
         self.dec_head_dim = a.dec_embed_dim // a.dec_num_heads
+        self.metric, self.desc_dim = a.metric, a.desc_dim
         self.mask_token = nn.Parameter(torch.zeros(1, 1, a.dec_embed_dim))
         self.patch_embed = PatchEmbed(a.patch_size, a.enc_embed_dim)
         self.enc_blocks = nn.ModuleList(
@@ -203,17 +210,26 @@ class DUSt3R(nn.Module):
         tokens: list[torch.Tensor],
         true_shape: tuple[int, int],
         view_features: torch.Tensor | None = None,
+        *,
+        descriptors: bool = False,
     ) -> dict[str, torch.Tensor]:
         """Prediction head of view ``which`` (1 or 2), in float32 with autocast disabled.
 
         tokens: the list from :meth:`decode` for that view (cast to float32 here);
         true_shape: (H, W) of that view's images (same for the whole batch); view_features:
         :meth:`head_view_features` of ``tokens[0]`` when computed earlier (same numbers, less work).
-        Returns {"pts3d": (B, H, W, 3) float32 in view 1's camera frame, "conf": (B, H, W) >= 1}.
+        Returns {"pts3d": (B, H, W, 3) float32 in view 1's camera frame, "conf": (B, H, W) >= 1};
+        with ``descriptors`` (MASt3R only, else ValueError) also "desc" (B, H, W, desc_dim) unit
+        vectors in the view's own pixel grid and "desc_conf" (B, H, W).
         """
         head, shape = self._head_and_shape(which, tokens[-1].shape[1], true_shape)
+        if descriptors and not self.desc_dim:
+            raise ValueError(f"descriptors asked for, but the {self.head_type} head has none (MASt3R only)")
         with torch.autocast(device_type=tokens[-1].device.type, enabled=False):
-            return head([t.float() for t in tokens], shape, view_features)
+            tokens = [t.float() for t in tokens]
+            if descriptors:
+                return head(tokens, shape, view_features, descriptors=True)
+            return head(tokens, shape, view_features)
 
     def use_fast_layout(self) -> DUSt3R:
         """Store the DPT heads' convolution weights channels-last (in place; returns self).
@@ -221,20 +237,21 @@ class DUSt3R(nn.Module):
         The same fp32 numbers (within float rounding), ~25% faster DPT heads on CPU and the layout
         tensor cores prefer. Call again after moving the model to another device.
         """
-        if self.head_type == "dpt":
+        if self.head_type in ("dpt", "catmlp+dpt"):
             for head in (self.downstream_head1, self.downstream_head2):
                 head.to(memory_format=torch.channels_last)
         return self
 
     def forward(
-        self, img1: torch.Tensor, img2: torch.Tensor
+        self, img1: torch.Tensor, img2: torch.Tensor, *, descriptors: bool = False
     ) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
         """B pairs (img1[b], img2[b]) -> (pred1, pred2).
 
         img1: (B, 3, H1, W1), img2: (B, 3, H2, W2) float in [-1, 1].
         pred1 = {"pts3d": (B, H1, W1, 3), "conf": (B, H1, W1)};
         pred2 = {"pts3d_in_other_view": (B, H2, W2, 3), "conf": (B, H2, W2)}; both point maps are
-        in view 1's camera frame.
+        in view 1's camera frame. ``descriptors`` (MASt3R): each also gets "desc" (B, H, W, D) and
+        "desc_conf" (B, H, W) of its own view.
         """
         self._check_images(img1, "img1")
         self._check_images(img2, "img2")
@@ -250,9 +267,9 @@ class DUSt3R(nn.Module):
             f1, p1 = self.encode(img1)
             f2, p2 = self.encode(img2)
         dec1, dec2 = self.decode(f1, p1, f2, p2)
-        pred1 = self.head(1, dec1, tuple(img1.shape[-2:]))
-        res2 = self.head(2, dec2, tuple(img2.shape[-2:]))
-        pred2 = {"pts3d_in_other_view": res2["pts3d"], "conf": res2["conf"]}
+        pred1 = self.head(1, dec1, tuple(img1.shape[-2:]), descriptors=descriptors)
+        pred2 = self.head(2, dec2, tuple(img2.shape[-2:]), descriptors=descriptors)
+        pred2["pts3d_in_other_view"] = pred2.pop("pts3d")
         return pred1, pred2
 
 
@@ -260,15 +277,24 @@ def _make_head(arch: ModelArch) -> nn.Module:
     """One prediction head (:mod:`core.heads`) for ``arch.head_type``."""
     if arch.head_type == "linear":
         return LinearHead(arch.dec_embed_dim, arch.patch_size, arch.depth_mode, arch.conf_mode)
-    return DPTHead(
+    token_dims = [arch.enc_embed_dim] + [arch.dec_embed_dim] * 3
+    dpt = {
+        "layer_dims": arch.dpt_layer_dims,
+        "feature_dim": arch.dpt_feature_dim,
+        "last_dim": arch.dpt_last_dim,
+        "patch_size": arch.patch_size,
+        "depth_mode": arch.depth_mode,
+        "conf_mode": arch.conf_mode,
+    }
+    if arch.head_type == "dpt":
+        return DPTHead(dpt_hooks(arch.dec_depth), token_dims, **dpt)
+    return MASt3RHead(
         dpt_hooks(arch.dec_depth),
-        [arch.enc_embed_dim] + [arch.dec_embed_dim] * 3,
-        layer_dims=arch.dpt_layer_dims,
-        feature_dim=arch.dpt_feature_dim,
-        last_dim=arch.dpt_last_dim,
-        patch_size=arch.patch_size,
-        depth_mode=arch.depth_mode,
-        conf_mode=arch.conf_mode,
+        token_dims,
+        desc_dim=arch.desc_dim,
+        two_confs=arch.two_confs,
+        desc_conf_mode=arch.desc_conf_mode if arch.desc_conf_mode is not None else arch.conf_mode,
+        **dpt,
     )
 
 
@@ -288,9 +314,10 @@ def _alias_groups(model: nn.Module) -> list[list[str]]:
 def load_model(
     source: str | Path, device: str | torch.device = "cpu", *, cache_dir: str | Path | None = None
 ) -> DUSt3R:
-    """Load a DUSt3R checkpoint, in eval mode, on ``device``.
+    """Load a DUSt3R or MASt3R checkpoint, in eval mode, on ``device``.
 
-    source: an official short name (``DUSt3R_ViTLarge_BaseDecoder_512_dpt``, ...), a Hugging Face
+    source: an official short name (``DUSt3R_ViTLarge_BaseDecoder_512_dpt``, ...,
+    ``MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric``), a Hugging Face
     hub repo id (downloaded with huggingface_hub's cache and progress bar; ``cache_dir`` overrides
     the cache folder), a local folder with ``config.json`` + ``model.safetensors``, a
     ``.safetensors`` file with ``config.json`` beside it, or an original ``.pth`` checkpoint

@@ -20,7 +20,9 @@ from typing import Any
 __all__ = ["ModelArch", "OFFICIAL_CONFIGS"]
 
 _INF = float("inf")
-_HEAD_TYPES = ("linear", "dpt")
+_HEAD_TYPES = ("linear", "dpt", "catmlp+dpt")
+_MAST3R_HEAD = "catmlp+dpt"
+_DESC_MODE_RE = re.compile(r"pts3d\+desc(\d+)")
 _DEPTH_MODES = ("exp", "square", "linear")
 _CONF_MODES = ("exp", "sigmoid")
 _FREEZE = ("none", "mask", "encoder")
@@ -36,7 +38,8 @@ def _as_tuple(value: Any, name: str) -> tuple:
 
 @dataclass(frozen=True)
 class ModelArch:
-    """The network's architecture: the keyword arguments of Naver's ``AsymmetricCroCo3DStereo``.
+    """The network's architecture: the keyword arguments of Naver's ``AsymmetricCroCo3DStereo``
+    (DUSt3R) or ``AsymmetricMASt3R`` (MASt3R: ``head_type="catmlp+dpt"``).
 
     The fields are the keys of an official ``config.json`` (FORMAT.md section 1; the hub files
     store them, a ``.pth`` holds them as a constructor string), plus optional keys the official
@@ -57,9 +60,9 @@ class ModelArch:
     patch_size: int = field(default=16, metadata=_OPTIONAL)
     """Pixels per token side."""
     head_type: str = "linear"
-    """``linear`` or ``dpt``."""
+    """``linear`` or ``dpt`` (DUSt3R), ``catmlp+dpt`` (MASt3R: DPT plus a local-feature MLP)."""
     output_mode: str = "pts3d"
-    """What the heads predict: ``pts3d`` (points and confidence)."""
+    """``pts3d`` (points and confidence; DUSt3R) or ``pts3d+desc<D>`` (MASt3R, D-channel descriptors)."""
     depth_mode: tuple = ("exp", -_INF, _INF)
     """``(mode, -inf, inf)``, mode ``exp`` (official), ``square`` or ``linear``."""
     conf_mode: tuple = ("exp", 1, _INF)
@@ -88,6 +91,13 @@ class ModelArch:
     """DPT last convolution width."""
     dpt_layer_dims: tuple[int, int, int, int] = field(default=(96, 192, 384, 768), metadata=_OPTIONAL)
     """DPT widths of the four hooked layers' maps."""
+    desc_mode: str = field(default="norm", metadata=_OPTIONAL)
+    """MASt3R: descriptor normalisation; ``norm`` (L2) is the only mode."""
+    two_confs: bool = field(default=False, metadata=_OPTIONAL)
+    """MASt3R: the descriptors get their own confidence channel (official True); else a copy of ``conf``."""
+    desc_conf_mode: tuple | None = field(default=None, metadata=_OPTIONAL)
+    """MASt3R: ``(mode, vmin, vmax)`` of the descriptor confidence (official ``("exp", 0, inf)``);
+    None = ``conf_mode``."""
 
     def __post_init__(self) -> None:
         size = self.img_size
@@ -95,11 +105,14 @@ class ModelArch:
         object.__setattr__(self, "img_size", size)
         for name in ("depth_mode", "conf_mode", "dpt_layer_dims"):
             object.__setattr__(self, name, _as_tuple(getattr(self, name), name))
+        if self.desc_conf_mode is not None:
+            object.__setattr__(self, "desc_conf_mode", _as_tuple(self.desc_conf_mode, "desc_conf_mode"))
         self._check_embedding()
         self._check_modes()
         self._check_widths()
-        if self.head_type == "dpt":
+        if self.head_type in ("dpt", _MAST3R_HEAD):
             self._check_dpt()
+        self._check_descriptors()
 
     def _check_embedding(self) -> None:
         if not re.fullmatch(r"RoPE(\d+(?:\.\d*)?)", str(self.pos_embed)):
@@ -125,10 +138,10 @@ class ModelArch:
             raise ValueError(f"img_size must be an int or (H, W) of positive multiples of {p}, got {self.img_size!r}")
 
     def _check_modes(self) -> None:
-        if self.output_mode != "pts3d":
-            raise ValueError(f"output_mode must be 'pts3d', got {self.output_mode!r}")
         if self.head_type not in _HEAD_TYPES:
             raise ValueError(f"head_type must be one of {_HEAD_TYPES}, got {self.head_type!r}")
+        if self.head_type != _MAST3R_HEAD and self.output_mode != "pts3d":
+            raise ValueError(f"output_mode must be 'pts3d' for the {self.head_type} head, got {self.output_mode!r}")
         d = self.depth_mode
         if len(d) != 3 or d[0] not in _DEPTH_MODES or d[1] != -_INF or d[2] != _INF:
             raise ValueError(f"depth_mode must be ('exp'|'square'|'linear', -inf, inf), got {d!r}")
@@ -161,6 +174,26 @@ class ModelArch:
                 f"{self.dpt_last_dim}"
             )
 
+    def _check_descriptors(self) -> None:
+        if self.head_type != _MAST3R_HEAD:
+            if self.two_confs or self.desc_conf_mode is not None or self.desc_mode != "norm":
+                raise ValueError(
+                    f"two_confs, desc_conf_mode and desc_mode belong to MASt3R (head_type {_MAST3R_HEAD!r}), "
+                    f"got head_type {self.head_type!r}"
+                )
+            return
+        match = _DESC_MODE_RE.fullmatch(str(self.output_mode))
+        if not match or int(match.group(1)) < 1:
+            raise ValueError(
+                f"output_mode must be 'pts3d+desc<D>' (D >= 1) for the {_MAST3R_HEAD} head, got {self.output_mode!r}"
+            )
+        if self.desc_mode != "norm":
+            raise ValueError(f"desc_mode must be 'norm', got {self.desc_mode!r}")
+        if not isinstance(self.two_confs, bool):
+            raise ValueError(f"two_confs must be true or false, got {self.two_confs!r}")
+        if self.desc_conf_mode is not None:
+            _check_conf_mode(self.desc_conf_mode, "desc_conf_mode")
+
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> ModelArch:
         """From a config mapping (a parsed ``config.json`` or constructor string); unknown keys -> ValueError."""
@@ -188,6 +221,23 @@ class ModelArch:
         """The RoPE base frequency from ``pos_embed`` (``RoPE100`` -> 100.0)."""
         return float(self.pos_embed[len("RoPE") :])
 
+    @property
+    def desc_dim(self) -> int:
+        """Descriptor channels per pixel (MASt3R: the D of ``pts3d+desc<D>``, official 24); 0 for DUSt3R."""
+        match = _DESC_MODE_RE.fullmatch(self.output_mode)
+        return int(match.group(1)) if match else 0
+
+    @property
+    def metric(self) -> bool:
+        """Whether the predicted points are in metres (True for MASt3R, False for DUSt3R).
+
+        Neither config.json nor the .pth constructor string has a flag for it. The rule: the
+        MASt3R architecture (``catmlp+dpt``) is metric, because Naver's only released MASt3R
+        weights (``MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric``) were trained on metric-scale
+        data; every DUSt3R checkpoint predicts up to an unknown scale.
+        """
+        return self.head_type == _MAST3R_HEAD
+
 
 def _check_conf_mode(mode: tuple, name: str) -> None:
     if len(mode) != 3 or mode[0] not in _CONF_MODES or not all(isinstance(v, (int, float)) for v in mode[1:]):
@@ -203,11 +253,19 @@ _OFFICIAL_COMMON = ModelArch(
     dec_num_heads=12,
     img_size=(512, 512),
 )
-#: The architectures of Naver's official checkpoints (their config.json, FORMAT.md section 1), by short name.
+#: The architectures of Naver's official checkpoints (their config.json, FORMAT.md section 1;
+#: MASt3R: ``AsymmetricMASt3R`` with the DPT head plus local features), by short name.
 OFFICIAL_CONFIGS: dict[str, ModelArch] = {
     "DUSt3R_ViTLarge_BaseDecoder_512_dpt": dataclasses.replace(_OFFICIAL_COMMON, head_type="dpt"),
     "DUSt3R_ViTLarge_BaseDecoder_512_linear": dataclasses.replace(_OFFICIAL_COMMON, head_type="linear"),
     "DUSt3R_ViTLarge_BaseDecoder_224_linear": dataclasses.replace(
         _OFFICIAL_COMMON, img_size=(224, 224), head_type="linear"
+    ),
+    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric": dataclasses.replace(
+        _OFFICIAL_COMMON,
+        head_type=_MAST3R_HEAD,
+        output_mode="pts3d+desc24",
+        two_confs=True,
+        desc_conf_mode=("exp", 0, _INF),
     ),
 }

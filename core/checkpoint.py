@@ -7,12 +7,14 @@ and :func:`check_state_dict` from here. This module never imports ``model.py``.
 
 Sources (FORMAT.md section 2):
 
-- an official short name (``DUSt3R_ViTLarge_BaseDecoder_512_dpt``, ...: ``config.OFFICIAL_CHECKPOINTS``)
+- an official short name (``DUSt3R_ViTLarge_BaseDecoder_512_dpt``, ...,
+  ``MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric``: ``config.OFFICIAL_CHECKPOINTS``)
   or a Hugging Face hub repo id ``owner/name``: ``config.json`` + ``model.safetensors`` downloaded
   with huggingface_hub's cache (this module is the only place in ``core`` that downloads);
 - a local folder with ``config.json`` + ``model.safetensors`` (the hub layout) or a single ``.pth``;
 - a ``.safetensors`` file with ``config.json`` beside it (memory-mapped, never copied);
-- an original ``.pth``: ``{"model": state_dict, "args": Namespace(model="<constructor call>")}``,
+- an original ``.pth``: ``{"model": state_dict, "args": Namespace(model="<constructor call>")}``
+  (``AsymmetricCroCo3DStereo(...)`` or ``AsymmetricMASt3R(...)``),
   read with ``weights_only=True`` (only tensors and ``argparse.Namespace`` are unpickled) and its
   constructor string parsed with :func:`parse_constructor_string`, never evaluated.
 
@@ -51,8 +53,9 @@ __all__ = [
     "weights_availability",
 ]
 
-#: Class names a ``.pth`` constructor string may call (Naver's DUSt3R model class).
-CONSTRUCTOR_NAMES: tuple[str, ...] = ("AsymmetricCroCo3DStereo",)
+#: Class names a ``.pth`` constructor string may call: Naver's DUSt3R and MASt3R model classes.
+CONSTRUCTOR_NAMES: tuple[str, ...] = ("AsymmetricCroCo3DStereo", "AsymmetricMASt3R")
+_MAST3R_CLASS, _MAST3R_HEAD = "AsymmetricMASt3R", "catmlp+dpt"
 
 _HUB_ID_RE = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _WEIGHT_SUFFIXES = (".pth", ".pt", ".safetensors")
@@ -100,11 +103,13 @@ def _literal(node: ast.AST) -> Any:
 
 
 def parse_constructor_string(text: str) -> dict[str, Any]:
-    """Parse ``AsymmetricCroCo3DStereo(key=value, ...)`` (a .pth ``args.model``) without eval.
+    """Parse ``AsymmetricCroCo3DStereo(key=value, ...)`` or ``AsymmetricMASt3R(...)`` (a .pth
+    ``args.model``) without eval.
 
     Values may be literals, tuples, lists and ``inf``/``-inf``. Returns the keyword arguments with
     ``ManyAR_PatchEmbed`` replaced by ``PatchEmbedDust3R`` and ``landscape_only`` forced to False,
-    as the reference loader does. Raises CheckpointError for anything else.
+    as the reference loader does. The class and the head must agree (MASt3R <=> ``catmlp+dpt``).
+    Raises CheckpointError for anything else.
     """
     if not isinstance(text, str):
         raise CheckpointError(f"model constructor must be a string, got {type(text).__name__}")
@@ -124,6 +129,11 @@ def parse_constructor_string(text: str) -> dict[str, Any]:
             kwargs[kw.arg] = _literal(kw.value)
         except ValueError as e:
             raise CheckpointError(f"cannot parse argument {kw.arg!r} of the model constructor string: {e}") from e
+    if (call.func.id == _MAST3R_CLASS) != (kwargs.get("head_type") == _MAST3R_HEAD):
+        raise CheckpointError(
+            f"model constructor string: {call.func.id} with head_type {kwargs.get('head_type')!r} "
+            f"(MASt3R models use {_MAST3R_CLASS} with head_type {_MAST3R_HEAD!r}), got {text!r}"
+        )
     if kwargs.get("patch_embed_cls") == "ManyAR_PatchEmbed":
         kwargs["patch_embed_cls"] = "PatchEmbedDust3R"
     kwargs["landscape_only"] = False
@@ -322,6 +332,15 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+def _family(repo_id: str) -> str:
+    return "MASt3R" if "mast3r" in repo_id.lower() else "DUSt3R"
+
+
+def _download_size(repo_id: str) -> str:
+    """The official files' size, for messages (MASt3R 688.6 M parameters, DUSt3R 512 DPT 571.2 M)."""
+    return "about 2.8 GB" if _family(repo_id) == "MASt3R" else "about 2.3 GB"
+
+
 def _hub_files(repo_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
     """Download (or find in the cache) config.json and model.safetensors of a hub repo."""
     from huggingface_hub import hf_hub_download
@@ -343,7 +362,7 @@ def _hub_files(repo_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
             raise CheckpointError(
                 f"checkpoint {repo_id!r} is not in the Hugging Face cache ({_hub_cache_dir(cache_dir)}) and the hub "
                 f"cannot be reached (offline, HF_HUB_OFFLINE=1, or no network). Either connect once so it downloads "
-                f"(about 2.3 GB for the official models), or download config.json and model.safetensors "
+                f"({_download_size(repo_id)}), or download config.json and model.safetensors "
                 f"from https://huggingface.co/{repo_id} and pass the folder or file, e.g. "
                 f"--checkpoint /path/to/folder or --checkpoint /path/to/model.safetensors "
                 f"(an original .pth file also works)"
@@ -403,19 +422,20 @@ def weights_availability(model_cfg: ModelConfig) -> str | None:
         return None
     repo_id = hub_repo_id(text)
     if repo_id is None:
-        return f"DUSt3R checkpoint {text!r} not found. {_HOW_TO_PROVIDE}."
+        return f"{_family(text)} checkpoint {text!r} not found. {_HOW_TO_PROVIDE}."
     from huggingface_hub import try_to_load_from_cache
 
     cache = _hub_cache_dir(model_cfg.cache_dir)
     cached = [try_to_load_from_cache(repo_id, name, cache_dir=model_cfg.cache_dir) for name in _HUB_FILES]
     if all(isinstance(c, str) and Path(c).is_file() for c in cached):
         return None
+    family, size = _family(repo_id), _download_size(repo_id)
     if _hub_offline():
         return (
-            f"DUSt3R weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
-            f"offline (HF_HUB_OFFLINE). {_HOW_TO_PROVIDE}, or go online once so they download (about 2.3 GB)."
+            f"{family} weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
+            f"offline (HF_HUB_OFFLINE). {_HOW_TO_PROVIDE}, or go online once so they download ({size})."
         )
     return (
-        f"DUSt3R weights ({repo_id}) are not downloaded yet (about 2.3 GB, into {cache}); they "
+        f"{family} weights ({repo_id}) are not downloaded yet ({size}, into {cache}); they "
         f"download on the first DUSt3R run. {_HOW_TO_PROVIDE}."
     )

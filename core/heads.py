@@ -7,21 +7,27 @@ after ``dec_norm``), with N = (H/p)*(W/p) tokens in row-major order (p = patch s
 - :class:`LinearHead`: a linear projection of the last decoder layer, pixel-shuffled by p.
 - :class:`DPTHead`: the DPT adapter on four hooked layers (encoder output and three decoder
   layers), fused coarse to fine.
+- :class:`MASt3RHead` (MASt3R's ``catmlp+dpt``): the DPT head, plus a local-feature MLP on the
+  concatenation [encoder output, last decoder layer] that gives per-pixel descriptors.
 
-Both return ``{"pts3d": (B, H, W, 3) float32, "conf": (B, H, W) float32}`` after the reference
-post-processing (:func:`postprocess`). Module and parameter names reproduce Naver's state-dict
-keys (``proj``, ``dpt.act_postprocess``, ``dpt.scratch``, ``dpt.head``).
+All return ``{"pts3d": (B, H, W, 3) float32, "conf": (B, H, W) float32}`` after the reference
+post-processing (:func:`postprocess`); the MASt3R head adds ``desc`` and ``desc_conf`` when asked.
+Module and parameter names reproduce Naver's state-dict keys (``proj``, ``dpt.act_postprocess``,
+``dpt.scratch``, ``dpt.head``, ``head_local_features.fc1``/``fc2``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["postprocess", "LinearHead", "DPTHead", "dpt_hooks"]
+from core.transformer import Mlp
+
+__all__ = ["postprocess", "LinearHead", "DPTHead", "MASt3RHead", "dpt_hooks"]
 
 
 def postprocess(raw: torch.Tensor, depth_mode: tuple, conf_mode: tuple) -> dict[str, torch.Tensor]:
@@ -229,3 +235,68 @@ class DPTHead(nn.Module):
         tokens[0] when computed earlier. See the module docs for the output."""
         raw = self.dpt([tokens[i] for i in self.hooks], shape, view_features)
         return postprocess(raw, self.depth_mode, self.conf_mode)
+
+
+class MASt3RHead(DPTHead):
+    """MASt3R head: the DPT head for points and confidence, and a local-feature MLP for descriptors.
+
+    The MLP (``head_local_features``: fc1 -> GELU -> fc2, hidden width 4 x input) maps each
+    token's concatenation [encoder output (enc_dim), last decoder layer (dec_dim)] to
+    ``(desc_dim + two_confs) * p**2`` values, pixel-shuffled by p to (B, desc_dim + two_confs, H, W):
+    ``desc`` = the first desc_dim channels, L2-normalised; ``desc_conf`` = the next channel through
+    ``desc_conf_mode`` (``two_confs``) or a copy of ``conf``. The DPT part gives ``pts3d`` and
+    ``conf`` exactly as :class:`DPTHead`; the MLP (the costlier part: ~90 GFLOP per view and pair
+    at 512x384 for the official model) runs only when descriptors are asked for.
+    """
+
+    def __init__(
+        self,
+        hooks: Sequence[int],
+        token_dims: Sequence[int],
+        *,
+        desc_dim: int,
+        two_confs: bool,
+        desc_conf_mode: tuple,
+        **dpt_kwargs: Any,
+    ) -> None:
+        super().__init__(hooks, token_dims, **dpt_kwargs)
+        self.patch_size = dpt_kwargs["patch_size"]
+        self.desc_dim = desc_dim
+        self.two_confs = two_confs
+        self.desc_conf_mode = desc_conf_mode
+        in_dim = token_dims[0] + token_dims[-1]
+        self.head_local_features = Mlp(in_dim, 4 * in_dim, (desc_dim + int(two_confs)) * self.patch_size**2)
+
+    def forward(
+        self,
+        tokens: list[torch.Tensor],
+        shape: tuple[int, int],
+        view_features: torch.Tensor | None = None,
+        *,
+        descriptors: bool = False,
+    ) -> dict[str, torch.Tensor]:
+        """As :meth:`DPTHead.forward`; with ``descriptors`` also ``desc`` (B, H, W, desc_dim) unit
+        vectors and ``desc_conf`` (B, H, W)."""
+        out = super().forward(tokens, shape, view_features)
+        if descriptors:
+            out.update(self.local_features(tokens[0], tokens[-1], shape, out["conf"]))
+        return out
+
+    def local_features(
+        self, enc: torch.Tensor, dec: torch.Tensor, shape: tuple[int, int], conf: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """enc (B, N, enc_dim), dec (B, N, dec_dim) -> {"desc": (B, H, W, D), "desc_conf": (B, H, W)}.
+
+        conf (B, H, W): the points' confidence, copied as ``desc_conf`` when not ``two_confs``.
+        """
+        h, w = shape
+        p = self.patch_size
+        feat = self.head_local_features(torch.cat((enc, dec), dim=-1))  # (B, N, C*p*p)
+        feat = feat.transpose(-1, -2).reshape(feat.shape[0], -1, h // p, w // p)
+        fmap = F.pixel_shuffle(feat, p).permute(0, 2, 3, 1)  # (B, H, W, C)
+        desc = F.normalize(fmap[..., : self.desc_dim], dim=-1)
+        if self.two_confs:
+            desc_conf = _confidence(fmap[..., self.desc_dim], self.desc_conf_mode)
+        else:
+            desc_conf = conf.clone()
+        return {"desc": desc, "desc_conf": desc_conf}

@@ -113,7 +113,9 @@ class PairModel(Protocol):
         view_features: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """-> {"pts3d": (B, H, W, 3), "conf": (B, H, W)} float32 (autocast off inside);
-        view_features: :meth:`head_view_features` of ``tokens[0]`` (B, ...) when known."""
+        view_features: :meth:`head_view_features` of ``tokens[0]`` (B, ...) when known. Called with
+        ``descriptors=True`` only when ``cfg.descriptors`` (then a model with ``desc_dim > 0`` also
+        returns "desc" (B, H, W, D) and "desc_conf" (B, H, W))."""
         ...
 
     def parameters(self) -> Iterator[torch.nn.Parameter]: ...
@@ -194,7 +196,8 @@ class ModelDims:
             dec_num_heads=int(config.get("dec_num_heads", 16)),
             mlp_ratio=float(config.get("mlp_ratio", 4.0)),
             patch_size=int(config.get("patch_size", 16)),
-            head_type=str(config.get("head_type", "linear")),
+            # MASt3R's catmlp+dpt head: its DPT part is the DPT head (descriptor outputs not counted)
+            head_type={"catmlp+dpt": "dpt"}.get(str(config.get("head_type")), str(config.get("head_type", "linear"))),
             dpt_feature_dim=int(config.get("dpt_feature_dim", 256)),
             dpt_last_dim=int(config.get("dpt_last_dim", 128)),
         )
@@ -604,12 +607,12 @@ def _distinct_sources(tensors: Sequence[torch.Tensor]) -> list[int]:
 
 
 def _to_host(res: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """Head output {"pts3d": (B, H, W, 3), "conf": (B, H, W)} -> per-sample CPU float32 tensors.
+    """Head output {"pts3d": (B, H, W, 3), "conf": (B, H, W), ...} -> per-sample CPU float32 tensors.
 
     The copies are made outside inference mode so they are ordinary tensors: global alignment
     can use them in autograd graphs (inference tensors cannot be saved for backward).
     """
-    host = {k: res[k].float().cpu() for k in ("pts3d", "conf")}
+    host = {k: v.float().cpu() for k, v in res.items()}
     with torch.inference_mode(False):
         return {k: [x.clone(memory_format=torch.contiguous_format) for x in v.unbind(0)] for k, v in host.items()}
 
@@ -650,6 +653,8 @@ def run_inference(
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
     dims = ModelDims.from_model(model)
     _validate_images(images, dims.patch_size)
+    if cfg.descriptors and not getattr(model, "desc_dim", 0):
+        raise ValueError("descriptors asked for (InferenceConfig.descriptors) but the model has none (MASt3R only)")
     views = duplicate_single_image(images)  # one image -> [image, copy named "<name> (copy)"]
     pairs = make_pairs(len(views), cfg.scene_graph)
     hw = [im.true_shape for im in images]
@@ -664,7 +669,17 @@ def run_inference(
         est.describe(),
     )
     try:
-        return _run(model, views, pairs, est.batch_size, device, autocast_dtype, view_cache_bytes(cfg), progress)
+        return _run(
+            model,
+            views,
+            pairs,
+            est.batch_size,
+            device,
+            autocast_dtype,
+            view_cache_bytes(cfg),
+            progress,
+            cfg.descriptors,
+        )
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -736,8 +751,10 @@ def _run(
     autocast_dtype: torch.dtype | None,
     cache_bytes: int,
     progress: ProgressFn | None,
+    descriptors: bool = False,
 ) -> PairPredictions:
     n, n_pairs = len(views), len(pairs)
+    head_kw = {"descriptors": True} if descriptors else {}  # MASt3R's local-feature MLP, only when asked
     report = progress if progress is not None else (lambda stage, done, total: None)
     tensors = [im.tensor for im in views]
     source = _distinct_sources(tensors)
@@ -766,7 +783,7 @@ def _run(
     groups: dict[tuple[tuple[int, int], tuple[int, int]], list[int]] = {}
     for p, (i, j) in enumerate(pairs):
         groups.setdefault((views[i].true_shape, views[j].true_shape), []).append(p)
-    out: dict[str, list[torch.Tensor | None]] = {k: [None] * n_pairs for k in ("p1", "c1", "p2", "c2")}
+    out: dict[str, list[torch.Tensor | None]] = {k: [None] * n_pairs for k in _OUT_KEYS}
     view_features = _ViewFeatureCache(model, {k: tok for k, (tok, _) in cache.items()}, cache_bytes)
     done = 0
     for (shape1, shape2), members in groups.items():
@@ -779,13 +796,11 @@ def _run(
             pos2 = torch.stack([cache[k][1] for k in views2])
             with _autocast(device, autocast_dtype):
                 dec1, dec2 = model.decode(f1, pos1, f2, pos2)
-            res1 = _to_host(model.head(1, dec1, shape1, view_features.get(1, views1, shape1)))
+            res1 = _to_host(model.head(1, dec1, shape1, view_features.get(1, views1, shape1), **head_kw))
             del dec1
-            res2 = _to_host(model.head(2, dec2, shape2, view_features.get(2, views2, shape2)))
+            res2 = _to_host(model.head(2, dec2, shape2, view_features.get(2, views2, shape2), **head_kw))
             del dec2
-            for b, p in enumerate(chunk):
-                out["p1"][p], out["c1"][p] = res1["pts3d"][b], res1["conf"][b]
-                out["p2"][p], out["c2"][p] = res2["pts3d"][b], res2["conf"][b]
+            _store(out, chunk, res1, res2)
             done += len(chunk)
             report("pairs", done, n_pairs)
     t2 = time.perf_counter()
@@ -807,4 +822,28 @@ def _run(
         true_shapes=tuple(im.true_shape for im in views),
         images=tuple(t.detach().float().cpu() for t in tensors),
         names=tuple(im.name for im in views),
+        **({f: tuple(out[k]) for k, f in _DESC_FIELDS.items()} if descriptors else {}),  # type: ignore[arg-type]
     )
+
+
+def _store(out: dict[str, list], chunk: list[int], res1: Mapping[str, list], res2: Mapping[str, list]) -> None:
+    """Put one batch's per-sample head outputs (:func:`_to_host`) of pairs ``chunk`` into ``out``."""
+    for key, (which, name) in _OUT_KEYS.items():
+        res = res1 if which == 1 else res2
+        if name in res:
+            for b, p in enumerate(chunk):
+                out[key][p] = res[name][b]
+
+
+#: Per-pair outputs collected by :func:`_run`: key -> (head, output name).
+_OUT_KEYS = {
+    "p1": (1, "pts3d"),
+    "c1": (1, "conf"),
+    "p2": (2, "pts3d"),
+    "c2": (2, "conf"),
+    "d1": (1, "desc"),
+    "dc1": (1, "desc_conf"),
+    "d2": (2, "desc"),
+    "dc2": (2, "desc_conf"),
+}
+_DESC_FIELDS = {"d1": "desc_1", "dc1": "desc_conf_1", "d2": "desc_2", "dc2": "desc_conf_2"}

@@ -60,7 +60,8 @@ def test_official_variant_keys_and_shapes_match_reference(variant: str, fixtures
     got = [(k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch.")) for k, v in net.state_dict().items()]
     assert got == expected  # names, shapes, dtypes and order
     n_unique = sum(p.numel() for p in net.parameters())
-    assert n_unique == (571_171_208 if variant.endswith("dpt") else 532_342_784)
+    mast3r = variant.startswith("MASt3R")  # the 512 DPT network plus the local-feature MLPs
+    assert n_unique == (688_638_856 if mast3r else 571_171_208 if variant.endswith("dpt") else 532_342_784)
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -77,8 +78,9 @@ def test_official_arch_writes_exactly_the_official_config_keys() -> None:
         "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads",
         "landscape_only", "freeze",
     }  # fmt: skip
-    for arch in OFFICIAL_CONFIGS.values():
-        assert set(arch.to_config()) == official_keys
+    for name, arch in OFFICIAL_CONFIGS.items():
+        mast3r_keys = {"two_confs", "desc_conf_mode"} if name.startswith("MASt3R") else set()
+        assert set(arch.to_config()) == official_keys | mast3r_keys
         assert ModelArch.from_config(arch.to_config()) == arch
 
 
