@@ -60,6 +60,7 @@ OFFICIAL_CHECKPOINTS: dict[str, str] = {
     "DUSt3R_ViTLarge_BaseDecoder_512_dpt": "naver/DUSt3R_ViTLarge_BaseDecoder_512_dpt",
     "DUSt3R_ViTLarge_BaseDecoder_512_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_512_linear",
     "DUSt3R_ViTLarge_BaseDecoder_224_linear": "naver/DUSt3R_ViTLarge_BaseDecoder_224_linear",
+    "MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric": "naver/MASt3R_ViTLarge_BaseDecoder_512_catmlpdpt_metric",
 }
 DEFAULT_CHECKPOINT = OFFICIAL_CHECKPOINTS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]
 
@@ -175,7 +176,11 @@ class InferenceConfig(Validated):
     pair the view is in; least recently used out first); 0 = recompute it for every pair."""
     tune_cpu_allocator: bool = True
     """On CPU (glibc), keep freed memory for reuse instead of returning it to the OS, so large
-    tensors do not pay page faults on every allocation; the process then keeps its peak memory."""
+    tensors do not pay page faults on every allocation (``core.runtime``); the process then
+    keeps its peak memory after a run."""
+    descriptors: bool = False
+    """MASt3R checkpoints only: also predict the per-pixel descriptors (``desc``, ``desc_conf``),
+    which the alignment does not need (their MLP costs ~90 GFLOP per view and pair at 512x384)."""
 
     @property
     def scene_graph(self) -> str:

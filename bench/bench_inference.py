@@ -59,7 +59,7 @@ def _build_model(device):
 
     torch.manual_seed(0)
     with torch.device(device):
-        net = M.DUSt3R(**M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
+        net = M.DUSt3R(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     with torch.no_grad():
         for head in (net.downstream_head1, net.downstream_head2):
             head.dpt.head[-1].weight.mul_(0.1)
@@ -101,14 +101,14 @@ def _worker(args: argparse.Namespace) -> dict:
     """Run one mode in this process; returns the measurements."""
     import torch
 
-    import model as M
+    from core import runtime
     from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference, view_cache_bytes
     from core.inputs.pairs import make_pairs
     from core.types import InputImage
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = M.resolve_device(args.device)
+    device = runtime.resolve_device(args.device)
     w, h = args.size
     n = args.n
     net = _build_model(device)
@@ -168,7 +168,7 @@ def _worker(args: argparse.Namespace) -> dict:
         total = time.perf_counter() - t0
         result.update(_extrapolated(encoded, total, len(run), len(pairs)))
     else:
-        dtype = None if args.worker == "ours-fp32" else M.select_autocast_dtype(device, "auto")
+        dtype = None if args.worker == "ours-fp32" else runtime.select_autocast_dtype(device, "auto")
         if args.worker == "ours-amp" and dtype is None:
             return {**result, "skipped": "no native bf16 on this CPU (autocast would be slow): mode skipped"}
         marks: dict[str, float] = {}
@@ -193,6 +193,8 @@ def _worker(args: argparse.Namespace) -> dict:
             batch_size=resolve_batch_size(args.batch_size, device),
             view_cache_bytes=view_cache_bytes(cfg),
         )
+        if device.type == "cpu" and cfg.tune_cpu_allocator:
+            runtime.tune_cpu_allocator()  # what the entry points do (main.py, the DUSt3R engine)
         _sync(device)
         t0 = time.perf_counter()
         preds = run_inference(net, images, cfg, pairs=pairs, device=device, autocast_dtype=dtype, progress=progress)
@@ -245,7 +247,7 @@ def _reference_run(repo: str, net, tensors: list, device, encoded: dict, limit: 
     import model as M
 
     official = M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"]  # _build_model's architecture
-    config = {k: tuple(v) if isinstance(v, list) else v for k, v in official.items()}
+    config = {k: tuple(v) if isinstance(v, list) else v for k, v in official.to_config().items()}
     ref = AsymmetricCroCo3DStereo(**config).to(device).eval()
     ref.load_state_dict(net.state_dict(), strict=True)
     original = ref._encode_image
@@ -391,7 +393,7 @@ def main(argv: list[str] | None = None) -> int:
         help=f"our per-view head cache (default {InferenceConfig.view_cache_gb}; 0 = off)",
     )
     parser.add_argument(
-        "--no-allocator-tuning", action="store_true", help="ours without core.allocator's CPU allocator tuning"
+        "--no-allocator-tuning", action="store_true", help="ours without core.runtime's CPU allocator tuning"
     )
     parser.add_argument(
         "--reference-repo",

@@ -108,7 +108,7 @@ def write_checkpoints(folder: Path, seed: int) -> dict[str, Path]:
     hub = folder / "hub_format"
     hub.mkdir()
     (hub / "config.json").write_text(
-        json.dumps(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"], sort_keys=True, indent=2)
+        json.dumps(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"].to_config(), sort_keys=True, indent=2)
     )  # bare Infinity
     save_model(net, str(hub / "model.safetensors"))  # drops alias tensors, records them in metadata
     pth = folder / "checkpoint.pth"

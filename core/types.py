@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -117,10 +117,23 @@ class PairPredictions:
     """N (W, H) of the uploaded images (defaults to the processed sizes)."""
     original_from_processed: np.ndarray | None = None
     """(N, 3, 3) float64 affine processed pixel -> original pixel (defaults to identity)."""
+    desc_1: tuple[torch.Tensor, ...] | None = None
+    """MASt3R descriptors, when asked for (``InferenceConfig.descriptors``), else None: P tensors
+    (H_i, W_i, D) unit vectors of view 1, in its own pixel grid."""
+    desc_conf_1: tuple[torch.Tensor, ...] | None = None
+    """P tensors (H_i, W_i): confidence of ``desc_1`` (> 0), or None."""
+    desc_2: tuple[torch.Tensor, ...] | None = None
+    """P tensors (H_j, W_j, D): view-2 descriptors in view 2's own pixel grid, or None."""
+    desc_conf_2: tuple[torch.Tensor, ...] | None = None
+    """P tensors (H_j, W_j): confidence of ``desc_2``, or None."""
 
     @property
     def n_views(self) -> int:
         return len(self.true_shapes)
+
+    @property
+    def has_descriptors(self) -> bool:
+        return self.desc_1 is not None
 
     def __post_init__(self) -> None:
         p = int(self.pairs.shape[0]) if self.pairs.ndim == 2 else -1
@@ -145,6 +158,9 @@ class PairPredictions:
                 f"expected {n} original sizes and ({n}, 3, 3) maps, got {len(self.original_sizes)} and "
                 f"{self.original_from_processed.shape}"
             )
+        descs = [self.desc_1, self.desc_conf_1, self.desc_2, self.desc_conf_2]
+        if any(d is not None for d in descs) and {-1 if d is None else len(d) for d in descs} != {p}:
+            raise ValueError(f"desc_1, desc_conf_1, desc_2, desc_conf_2 must all be None or hold {p} tensors each")
 
     def view_info(self) -> dict:
         """The views' ``names`` (when known), ``original_sizes`` and ``original_from_processed``, as
@@ -158,6 +174,7 @@ class PairPredictions:
         Keys: ``pairs`` (P, 2) int64, ``n_images`` and ``batch_size`` (0-d int64); per view k ``true_shape_k`` (1, 2) int32 and, when images
         are kept, ``img_k`` (1, 3, H, W) float32; per pair p ``pair{p}_pred1_pts3d``,
         ``pair{p}_pred1_conf``, ``pair{p}_pred2_pts3d_in_other_view``, ``pair{p}_pred2_conf``.
+        With descriptors (MASt3R fixture layout) ``pair{p}_pred{1,2}_desc``, ``pair{p}_pred{1,2}_desc_conf``.
         Extensions: ``name_k`` (0-d str) when names are known; ``original_size_k`` (2,) int64 (W, H)
         and ``original_from_processed_k`` (3, 3) float64 where they differ from the defaults
         (processed size, identity), so a file without them reads back the same.
@@ -182,6 +199,10 @@ class PairPredictions:
             arrays[f"pair{p}_pred1_conf"] = self.conf_1[p].numpy()
             arrays[f"pair{p}_pred2_pts3d_in_other_view"] = self.pts3d_2[p].numpy()
             arrays[f"pair{p}_pred2_conf"] = self.conf_2[p].numpy()
+        if self.has_descriptors:
+            for key, field_name in _DESC_KEYS.items():
+                for p, t in enumerate(getattr(self, field_name)):
+                    arrays[f"pair{p}_{key}"] = t.numpy()
         np.savez(Path(path), **arrays)
 
     @classmethod
@@ -238,6 +259,7 @@ class PairPredictions:
                     sizes[k] = (ow, oh)
                 if f"original_from_processed_{k}" in keys:
                     maps[k] = np.asarray(data[f"original_from_processed_{k}"], dtype=np.float64).reshape(3, 3)
+            descriptors = _load_descriptors(data, keys, pairs.shape[0])
         return cls(
             pairs=pairs,
             pts3d_1=tuple(fields["p1"]),
@@ -249,7 +271,27 @@ class PairPredictions:
             names=tuple(names_out) if len(names_out) == n and n else None,
             original_sizes=tuple(sizes.get(k, (w, h)) for k, (h, w) in enumerate(shapes)),
             original_from_processed=np.stack([maps.get(k, np.eye(3)) for k in range(n)]) if n else None,
+            **descriptors,
         )
+
+
+#: npz key suffix -> PairPredictions field, for the optional MASt3R descriptors.
+_DESC_KEYS = {
+    "pred1_desc": "desc_1",
+    "pred1_desc_conf": "desc_conf_1",
+    "pred2_desc": "desc_2",
+    "pred2_desc_conf": "desc_conf_2",
+}
+
+
+def _load_descriptors(data: Any, keys: set[str], n_pairs: int) -> dict[str, tuple[torch.Tensor, ...]]:
+    """The descriptor fields of a pair-predictions npz when every pair has all four, else {}."""
+    if not n_pairs or any(f"pair{p}_{key}" not in keys for p in range(n_pairs) for key in _DESC_KEYS):
+        return {}
+    return {
+        name: tuple(torch.from_numpy(np.asarray(data[f"pair{p}_{key}"], dtype=np.float32)) for p in range(n_pairs))
+        for key, name in _DESC_KEYS.items()
+    }
 
 
 def _shape_from_pairs(k: int, pairs: torch.Tensor, p1: list, p2: list, fname: str) -> tuple[int, int]:

@@ -275,10 +275,10 @@ def test_colmap_engine_from_the_cli(tmp_path: Path) -> None:
 def test_startup_tunes_the_cpu_allocator_before_any_thread(monkeypatch, enabled: bool) -> None:
     import torch
 
-    from core import allocator
+    from core import runtime
 
     calls: list[int] = []
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    monkeypatch.setattr(allocator, "tune_cpu_allocator", lambda: calls.append(1) or True)
+    monkeypatch.setattr(runtime, "tune_cpu_allocator", lambda: calls.append(1) or True)
     cli._configure(False, "reconstruct", enabled)
     assert calls == ([1] if enabled else [])

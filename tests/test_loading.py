@@ -291,14 +291,16 @@ def test_get_model_loads_once(fixtures_dir: Path, monkeypatch: pytest.MonkeyPatc
     calls = []
     real = M.load_model
     monkeypatch.setattr(M, "load_model", lambda *a, **k: calls.append(a) or real(*a, **k))
-    M._cached_model.cache_clear()
+    M.clear_model_cache()
     cfg = ModelConfig(checkpoint=str(fixtures_dir / "tiny_linear"), device="cpu")
     try:
+        assert M.model_load_seconds(cfg) is None
         first = get_model(cfg)
         assert get_model(cfg) is first
         assert len(calls) == 1
+        assert M.model_load_seconds(cfg) >= 0
     finally:
-        M._cached_model.cache_clear()
+        M.clear_model_cache()
 
 
 def test_load_model_rejects_bad_device(fixtures_dir: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -9,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-import model as M
-from model import OFFICIAL_CONFIGS, DUSt3R, load_model, resolve_device, select_autocast_dtype
+from core.transformer import apply_rope, rope_cos_sin
+from model import OFFICIAL_CONFIGS, DUSt3R, ModelArch, load_model
 
 INF = float("inf")
 TINY = ["tiny_linear", "tiny_dpt"]
@@ -26,7 +27,7 @@ def rel_err(got: torch.Tensor | np.ndarray, ref: np.ndarray) -> float:
 def small_model(head_type: str = "dpt", seed: int = 0) -> DUSt3R:
     torch.manual_seed(seed)
     kw = {"dpt_feature_dim": 16, "dpt_last_dim": 8, "dpt_layer_dims": [8, 8, 16, 16]} if head_type == "dpt" else {}
-    net = DUSt3R(
+    arch = ModelArch(
         enc_embed_dim=32,
         enc_depth=2,
         enc_num_heads=2,
@@ -37,7 +38,7 @@ def small_model(head_type: str = "dpt", seed: int = 0) -> DUSt3R:
         img_size=64,
         **kw,
     )
-    return net.eval()
+    return DUSt3R(arch).eval()
 
 
 @pytest.fixture(scope="module")
@@ -59,7 +60,28 @@ def test_official_variant_keys_and_shapes_match_reference(variant: str, fixtures
     got = [(k, str(tuple(v.shape)), str(v.dtype).removeprefix("torch.")) for k, v in net.state_dict().items()]
     assert got == expected  # names, shapes, dtypes and order
     n_unique = sum(p.numel() for p in net.parameters())
-    assert n_unique == (571_171_208 if variant.endswith("dpt") else 532_342_784)
+    mast3r = variant.startswith("MASt3R")  # the 512 DPT network plus the local-feature MLPs
+    assert n_unique == (688_638_856 if mast3r else 571_171_208 if variant.endswith("dpt") else 532_342_784)
+
+
+@pytest.mark.parametrize("name", TINY)
+def test_arch_round_trips_config_json(name: str, fixtures_dir: Path) -> None:
+    config = json.loads((fixtures_dir / name / "config.json").read_text())
+    arch = ModelArch.from_config(config)
+    assert arch.to_config() == config and hash(arch) == hash(ModelArch.from_config(config))
+    assert DUSt3R.from_config(config).arch == arch
+
+
+def test_official_arch_writes_exactly_the_official_config_keys() -> None:
+    official_keys = {
+        "pos_embed", "patch_embed_cls", "img_size", "head_type", "output_mode", "depth_mode", "conf_mode",
+        "enc_embed_dim", "enc_depth", "enc_num_heads", "dec_embed_dim", "dec_depth", "dec_num_heads",
+        "landscape_only", "freeze",
+    }  # fmt: skip
+    for name, arch in OFFICIAL_CONFIGS.items():
+        mast3r_keys = {"two_confs", "desc_conf_mode"} if name.startswith("MASt3R") else set()
+        assert set(arch.to_config()) == official_keys | mast3r_keys
+        assert ModelArch.from_config(arch.to_config()) == arch
 
 
 def test_dpt_alias_names_share_one_module() -> None:
@@ -193,10 +215,8 @@ def test_views_are_asymmetric_and_decoders_update_simultaneously(tiny_models: di
         dec1, dec2 = net.decode(fa, pa, fb, pb)
         # layer 1 of stream 2 must be computed from the decoder_embed of stream 1, not from layer 1
         x1, x2 = net.decoder_embed(fa), net.decoder_embed(fb)
-        from model import _rope_cos_sin
-
-        r1 = _rope_cos_sin(pa, net.dec_head_dim, 100.0)
-        r2 = _rope_cos_sin(pb, net.dec_head_dim, 100.0)
+        r1 = rope_cos_sin(pa, net.dec_head_dim, 100.0)
+        r2 = rope_cos_sin(pb, net.dec_head_dim, 100.0)
         expected2 = net.dec_blocks2[0](x2, x1, r2, r1)
     torch.testing.assert_close(dec2[1], expected2, rtol=1e-6, atol=1e-6)
     torch.testing.assert_close(dec1[0], fa)
@@ -226,8 +246,8 @@ def test_rope_matches_the_written_definition() -> None:
     head_dim, n = 16, 5
     pos = torch.tensor([[[0, 0], [0, 3], [2, 1], [7, 4], [1, 9]]])
     t = torch.randn(1, 2, n, head_dim, dtype=torch.float64)
-    cos, sin = M._rope_cos_sin(pos, head_dim, 100.0)
-    got = M._apply_rope(t, cos.double(), sin.double())
+    cos, sin = rope_cos_sin(pos, head_dim, 100.0)
+    got = apply_rope(t, cos.double(), sin.double())
     expected = torch.empty_like(t)
     d = head_dim // 2
     for i in range(n):
@@ -246,9 +266,9 @@ def test_rope_scores_depend_only_on_relative_position() -> None:
     q, k = torch.randn(1, 1, 1, 8), torch.randn(1, 1, 1, 8)
 
     def score(pq: list[int], pk: list[int]) -> float:
-        cq, sq = M._rope_cos_sin(torch.tensor([[pq]]), 8, 100.0)
-        ck, sk = M._rope_cos_sin(torch.tensor([[pk]]), 8, 100.0)
-        return float((M._apply_rope(q, cq, sq) * M._apply_rope(k, ck, sk)).sum())
+        cq, sq = rope_cos_sin(torch.tensor([[pq]]), 8, 100.0)
+        ck, sk = rope_cos_sin(torch.tensor([[pk]]), 8, 100.0)
+        return float((apply_rope(q, cq, sq) * apply_rope(k, ck, sk)).sum())
 
     assert score([1, 2], [3, 5]) == pytest.approx(score([4, 7], [6, 10]), abs=1e-5)
     assert score([1, 2], [3, 5]) != pytest.approx(score([1, 2], [5, 3]), abs=1e-3)
@@ -276,41 +296,7 @@ def test_invalid_configs_are_rejected(kwargs: dict, match: str) -> None:
         DUSt3R.from_config({"enc_embed_dim": 32, "enc_num_heads": 2, "dec_embed_dim": 16, "dec_num_heads": 2, **kwargs})
 
 
-# ---- devices and precision ---------------------------------------------------------------------
-
-
-def test_select_autocast_dtype(monkeypatch: pytest.MonkeyPatch) -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert select_autocast_dtype(cpu, "fp32") is None
-    assert select_autocast_dtype(cuda, "fp16") is torch.float16
-    assert select_autocast_dtype(cuda, "bf16") is torch.bfloat16
-    with pytest.raises(ValueError, match="'fp16' is not supported on CPU"):
-        select_autocast_dtype(cpu, "fp16")
-    with pytest.raises(ValueError, match="'half'"):
-        select_autocast_dtype(cpu, "half")
-    monkeypatch.setattr(M, "_cpu_has_native_bf16", lambda: True)
-    assert select_autocast_dtype(cpu, "auto") is torch.bfloat16
-    monkeypatch.setattr(M, "_cpu_has_native_bf16", lambda: False)
-    assert select_autocast_dtype(cpu, "auto") is None
-    with pytest.warns(UserWarning, match="without native bf16"):
-        assert select_autocast_dtype(cpu, "bf16") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (8, 0))
-    assert select_autocast_dtype(cuda, "auto") is torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: (7, 5))
-    assert select_autocast_dtype(cuda, "auto") is torch.float16
-
-
-def test_resolve_device(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device(" CPU ") == torch.device("cpu")
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
-    assert resolve_device("auto") == torch.device("cpu")
-    with pytest.raises(ValueError, match="CUDA is not available"):
-        resolve_device("cuda:0")
-    with pytest.raises(ValueError, match="unknown device 'gpu'"):
-        resolve_device("gpu")
-    with pytest.raises(TypeError):
-        resolve_device(0)  # type: ignore[arg-type]
+# ---- precision ---------------------------------------------------------------------------------
 
 
 def test_heads_run_in_float32_under_bf16_autocast(tiny_models: dict[str, DUSt3R], fixtures_dir: Path) -> None:

@@ -21,7 +21,7 @@ from core.checkpoint import weights_availability
 from core.inference import run_inference
 from core.inputs.pairs import make_pairs
 from core.inputs.preprocessing import load_views
-from core.runtime import resolve_device, select_autocast_dtype
+from core.runtime import resolve_device, select_autocast_dtype, tune_cpu_allocator
 from core.types import ProgressFn, Scene
 
 __all__ = ["Dust3rEngine", "ModelStatus", "PAIRS_FILE"]
@@ -82,6 +82,8 @@ class Dust3rEngine:
         model = self._model(cfg.model)
         progress("model", 1, 1)
         device = resolve_device(cfg.model.device)
+        if device.type == "cpu" and cfg.inference.tune_cpu_allocator:
+            tune_cpu_allocator()  # idempotent; main.py applies it at start-up, this covers library use
         autocast_dtype = select_autocast_dtype(device, cfg.inference.precision)
         preds = run_inference(
             model, views, cfg.inference, pairs=pairs, device=device, autocast_dtype=autocast_dtype, progress=progress

@@ -130,7 +130,8 @@ class ModelDims:
             dec_num_heads=int(config.get("dec_num_heads", 16)),
             mlp_ratio=float(config.get("mlp_ratio", 4.0)),
             patch_size=int(config.get("patch_size", 16)),
-            head_type=str(config.get("head_type", "linear")),
+            # MASt3R's catmlp+dpt head: its DPT part is the DPT head (descriptor outputs not counted)
+            head_type={"catmlp+dpt": "dpt"}.get(str(config.get("head_type")), str(config.get("head_type", "linear"))),
             dpt_feature_dim=int(config.get("dpt_feature_dim", 256)),
             dpt_last_dim=int(config.get("dpt_last_dim", 128)),
         )

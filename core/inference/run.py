@@ -142,12 +142,12 @@ def _distinct_sources(tensors: Sequence[torch.Tensor]) -> list[int]:
 
 
 def _to_host(res: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """Head output {"pts3d": (B, H, W, 3), "conf": (B, H, W)} -> per-sample CPU float32 tensors.
+    """Head output {"pts3d": (B, H, W, 3), "conf": (B, H, W), ...} -> per-sample CPU float32 tensors.
 
     The copies are made outside inference mode so they are ordinary tensors: global alignment
     can use them in autograd graphs (inference tensors cannot be saved for backward).
     """
-    host = {k: res[k].float().cpu() for k in ("pts3d", "conf")}
+    host = {k: v.float().cpu() for k, v in res.items()}
     with torch.inference_mode(False):
         return {k: [x.clone(memory_format=torch.contiguous_format) for x in v.unbind(0)] for k, v in host.items()}
 
@@ -199,6 +199,8 @@ def run_inference(
         raise ValueError(f"autocast_dtype must be None, torch.bfloat16 or torch.float16, got {autocast_dtype!r}")
     dims = ModelDims.from_model(model)
     _validate_images(images, dims.patch_size)
+    if cfg.descriptors and not getattr(model, "desc_dim", 0):
+        raise ValueError("descriptors asked for (InferenceConfig.descriptors) but the model has none (MASt3R only)")
     views = list(images)
     pairs = make_pairs(len(views), cfg.scene_graph) if pairs is None else check_pairs(pairs, len(views))
     hw = [im.true_shape for im in views]
@@ -214,7 +216,7 @@ def run_inference(
         autocast_dtype,
         est.describe(),
     )
-    runner = _Runner(model, device, autocast_dtype, est.batch_size, progress or _no_progress)
+    runner = _Runner(model, device, autocast_dtype, est.batch_size, progress or _no_progress, cfg.descriptors)
     try:
         return runner.run(views, pairs, view_cache_bytes(cfg))
     except torch.OutOfMemoryError as e:
@@ -299,6 +301,8 @@ class _Runner:
     autocast_dtype: torch.dtype | None
     batch_size: int
     report: ProgressFn
+    descriptors: bool = False
+    """Also run MASt3R's local-feature MLP (``desc``, ``desc_conf``); the alignment does not need it."""
 
     @torch.inference_mode()
     def run(self, views: list[InputImage], pairs: list[tuple[int, int]], cache_bytes: int) -> PairPredictions:
@@ -331,6 +335,7 @@ class _Runner:
             names=tuple(im.name for im in views),
             original_sizes=tuple(im.original_size for im in views),
             original_from_processed=np.stack([im.original_from_processed() for im in views]),
+            **({f: tuple(out[k]) for k, f in _DESC_FIELDS.items()} if self.descriptors else {}),
         )
 
     def encode(self, views: list[InputImage], source: list[int]) -> Tokens:
@@ -365,13 +370,15 @@ class _Runner:
     ) -> dict[str, list[torch.Tensor]]:
         """Decoder + both heads per (shape1, shape2) group, ``batch_size`` pairs at a time.
 
-        Returns {"p1", "c1", "p2", "c2"}: P CPU float32 tensors each, in pair order."""
+        Returns {"p1", "c1", "p2", "c2"} (+ "d1", "dc1", "d2", "dc2" with descriptors): P CPU float32
+        tensors each, in pair order."""
         n_pairs = len(pairs)
         self.report("pairs", 0, n_pairs)
         groups: dict[tuple[Shape, Shape], list[int]] = {}
         for p, (i, j) in enumerate(pairs):
             groups.setdefault((views[i].true_shape, views[j].true_shape), []).append(p)
-        out: dict[str, list[torch.Tensor]] = {k: [torch.empty(0)] * n_pairs for k in ("p1", "c1", "p2", "c2")}
+        out: dict[str, list[torch.Tensor]] = {k: [torch.empty(0)] * n_pairs for k in _OUT_KEYS}
+        head_kw = {"descriptors": True} if self.descriptors else {}
         done = 0
         for (shape1, shape2), members in groups.items():
             for chunk in _chunks(members, self.batch_size):
@@ -383,13 +390,34 @@ class _Runner:
                 pos2 = torch.stack([tokens[k][1] for k in views2])
                 with _autocast(self.device, self.autocast_dtype):
                     dec1, dec2 = self.model.decode(f1, pos1, f2, pos2)
-                res1 = _to_host(self.model.head(1, dec1, shape1, view_features.get(1, views1, shape1)))
+                res1 = _to_host(self.model.head(1, dec1, shape1, view_features.get(1, views1, shape1), **head_kw))
                 del dec1
-                res2 = _to_host(self.model.head(2, dec2, shape2, view_features.get(2, views2, shape2)))
+                res2 = _to_host(self.model.head(2, dec2, shape2, view_features.get(2, views2, shape2), **head_kw))
                 del dec2
-                for b, p in enumerate(chunk):
-                    out["p1"][p], out["c1"][p] = res1["pts3d"][b], res1["conf"][b]
-                    out["p2"][p], out["c2"][p] = res2["pts3d"][b], res2["conf"][b]
+                _store(out, chunk, res1, res2)
                 done += len(chunk)
                 self.report("pairs", done, n_pairs)
         return out
+
+
+def _store(out: dict[str, list], chunk: list[int], res1: Mapping[str, list], res2: Mapping[str, list]) -> None:
+    """Put one batch's per-sample head outputs (:func:`_to_host`) of pairs ``chunk`` into ``out``."""
+    for key, (which, name) in _OUT_KEYS.items():
+        res = res1 if which == 1 else res2
+        if name in res:
+            for b, p in enumerate(chunk):
+                out[key][p] = res[name][b]
+
+
+#: Per-pair outputs collected by :meth:`_Runner.decode`: key -> (head, output name).
+_OUT_KEYS = {
+    "p1": (1, "pts3d"),
+    "c1": (1, "conf"),
+    "p2": (2, "pts3d"),
+    "c2": (2, "conf"),
+    "d1": (1, "desc"),
+    "dc1": (1, "desc_conf"),
+    "d2": (2, "desc"),
+    "dc2": (2, "desc_conf"),
+}
+_DESC_FIELDS = {"d1": "desc_1", "dc1": "desc_conf_1", "d2": "desc_2", "dc2": "desc_conf_2"}

@@ -433,7 +433,7 @@ def test_estimate_from_model_reads_the_architecture(nets):
     assert (dims.dpt_feature_dim, dims.dpt_last_dim) == (16, 16)
     assert dims.weight_bytes == sum(p.numel() * 4 for p in nets["tiny_dpt"].parameters())
     with torch.device("meta"):
-        official = M.DUSt3R(**M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
+        official = M.DUSt3R(M.OFFICIAL_CONFIGS["DUSt3R_ViTLarge_BaseDecoder_512_dpt"])
     assert ModelDims.from_model(official) == ModelDims()
 
 
