@@ -61,10 +61,12 @@ def test_parse_formats():
 
 
 def test_export_writes_every_format_and_zips_them(exported):
-    out, out_dir = exported
-    assert set(out) == set(EXPORT_FORMATS) | {"maps", "manifest"}
-    manifest = json.loads(out["manifest"].read_text())
+    result, out_dir = exported
+    out = result.written
+    assert set(out) == set(EXPORT_FORMATS) | {"maps"}
+    manifest = result.describe()
     assert manifest["skipped"] == {} and manifest["written"]["zip"] == "reconstruction.zip"
+    assert not (out_dir / "manifest.json").exists()  # the pipeline writes the job's manifest
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     with zipfile.ZipFile(out["zip"]) as zf:
         assert zf.testzip() is None
@@ -86,7 +88,7 @@ def test_export_writes_every_format_and_zips_them(exported):
 
 def test_ply_read_back_with_trimesh(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     cloud = trimesh.load(out["ply"])
     pts = gather_points(scene, masks)
     assert len(cloud.vertices) == len(pts) == sum(int(m.sum()) for m in masks)
@@ -99,7 +101,7 @@ def test_ply_read_back_with_trimesh(dense, exported):
 
 def test_obj_read_back_with_trimesh(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     mesh = trimesh.load(out["obj"], process=False)
     verts, faces, cols = scene_mesh(scene, masks, depth_jump=VIZ.mesh_depth_jump, max_vertices=VIZ.max_points)
     assert len(mesh.vertices) == len(verts) and len(mesh.faces) == len(faces) > 1000
@@ -109,7 +111,7 @@ def test_obj_read_back_with_trimesh(dense, exported):
 
 
 def test_glb_read_back_with_trimesh(exported):
-    out, _ = exported
+    out = exported[0].written
     glb = trimesh.load(out["glb"])
     assert "mesh" in glb.geometry and "camera_2" in glb.geometry
 
@@ -127,7 +129,7 @@ def _scene_projection_original(scene, k, xyz):
 @pytest.mark.parametrize("kind", ["text", "binary"])
 def test_colmap_model_loads_and_reprojects_into_original_images(dense, exported, kind):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     rec = pycolmap.Reconstruction()
     getattr(rec, f"read_{kind}")(str(out["colmap"]))
     assert rec.num_images() == scene.n_views and rec.num_cameras() == scene.n_views
@@ -189,7 +191,7 @@ def test_colmap_intrinsics_map_pixel_centres():
 
 def test_cameras_json(dense, exported):
     scene, _ = dense
-    out, _ = exported
+    out = exported[0].written
     doc = json.loads(out["json"].read_text())
     assert "OpenCV" in doc["convention"] and "camera-to-world" in doc["convention"]
     assert doc["n_images"] == 3 and doc["final_loss"] == pytest.approx(scene.final_loss)
@@ -213,7 +215,8 @@ def test_cameras_json(dense, exported):
 
 def test_depth_and_confidence_files(dense, exported):
     scene, _ = dense
-    out, out_dir = exported
+    result, out_dir = exported
+    out = result.written
     doc = json.loads(out["json"].read_text())
     sidecar = json.loads((out["depth"] / "depth_png.json").read_text())
     scale = doc["depth_png_scale"]
@@ -234,7 +237,7 @@ def test_depth_and_confidence_files(dense, exported):
 
 def test_scene_npz(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     with np.load(out["npz"], allow_pickle=False) as z:
         required = {"world_from_cam", "focals", "principal_points", "final_loss"}
         for k in range(3):
@@ -256,11 +259,11 @@ def test_scene_npz(dense, exported):
 
 def test_export_computes_masks_when_none_and_subsets(dense, tmp_path):
     scene, masks = dense
-    out = export_scene(scene, None, tmp_path, {"ply"}, post_cfg=POST, viz_cfg=VIZ)
-    assert set(out) == {"ply", "manifest"}
+    out = export_scene(scene, None, tmp_path, {"ply"}, post_cfg=POST, viz_cfg=VIZ).written
+    assert set(out) == {"ply"}
     assert len(trimesh.load(out["ply"]).vertices) == sum(int(m.sum()) for m in masks)
     unloss = make_dense_scene(n_views=2, height=16, width=16, final_loss=None).scene
-    out = export_scene(unloss, None, tmp_path / "u", {"npz"}, post_cfg=POST, viz_cfg=VIZ)
+    out = export_scene(unloss, None, tmp_path / "u", {"npz"}, post_cfg=POST, viz_cfg=VIZ).written
     with np.load(out["npz"]) as z:
         assert np.isnan(z["final_loss"])
     with pytest.raises(ValueError, match="unknown export format"):
@@ -270,12 +273,12 @@ def test_export_computes_masks_when_none_and_subsets(dense, tmp_path):
 def test_sparse_scene_exports(tmp_path):
     scene, outlier = make_sparse_scene()
     keep = sparse_mask(scene, POST)
-    out = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
-    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "manifest", "zip"}
+    result = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
+    out = result.written
+    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "zip"}
     reasons = skipped_formats(scene, set(EXPORT_FORMATS))
     assert set(reasons) == {"obj", "depth"} and all("sparse" in r for r in reasons.values())
-    manifest = json.loads(out["manifest"].read_text())
-    assert manifest["skipped"] == reasons
+    assert result.skipped == reasons and result.describe()["skipped"] == reasons
     assert json.loads(out["json"].read_text())["missing"] == reasons
     assert not (tmp_path / "mesh.obj").exists() and not (tmp_path / "depth").exists()
     cloud = trimesh.load(out["ply"])
