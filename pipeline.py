@@ -50,7 +50,7 @@ from core.jobs import (
     update_manifest,
     write_manifest,
 )
-from core.outputs.export import EXPORT_FORMATS, export_scene
+from core.outputs.export import EXPORT_FORMATS, add_to_zip, export_scene
 from core.outputs.postprocessing import point_masks, sparse_mask
 from core.outputs.visualization import render_view_maps
 from core.runtime import resolve_device
@@ -362,15 +362,16 @@ def export(
     out = Path(out_dir) if out_dir is not None else jobs.new_export_dir(result.job)
     out.mkdir(parents=True, exist_ok=True)
     masks = scene_masks(result.scene, post_cfg)
-    in_job_root = out.resolve() == result.job.dir.resolve()
-    job_manifest = read_manifest(result.job) if in_job_root else {}
-    files = export_scene(result.scene, masks, out, set(formats), post_cfg=post_cfg, viz_cfg=viz_cfg)
-    if in_job_root:  # export_scene wrote its own manifest.json over the job's: merge it back in
-        written = read_manifest(result.job)
-        job_manifest["exports"] = {k: written.get(k) for k in ("written", "skipped", "frames") if k in written}
-        jobs.write_json(result.job.manifest_path, job_manifest)
-        files = {k: v for k, v in files.items() if k != "manifest"}
-        files["manifest"] = result.job.manifest_path
+    res = export_scene(result.scene, masks, out, set(formats), post_cfg=post_cfg, viz_cfg=viz_cfg)
+    files = dict(res.written)
+    if out.resolve() == result.job.dir.resolve():  # the job's own folder: its manifest records the export
+        manifest_path = update_manifest(result.job, exports=res.describe())
+    else:
+        manifest_path = out / MANIFEST_FILE
+        jobs.write_json(manifest_path, res.describe())
+    if "zip" in files:
+        add_to_zip(files["zip"], [manifest_path], out)
+    files["manifest"] = manifest_path
     return files
 
 

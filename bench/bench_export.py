@@ -92,7 +92,11 @@ def main(argv: list[str] | None = None) -> int:
                 1,
             )
             rows.append(
-                ("export_scene all formats (+zip)", *full_t[:3], f"zip {full_t[3]['zip'].stat().st_size / 1e6:.1f} MB")
+                (
+                    "export_scene all formats (+zip)",
+                    *full_t[:3],
+                    f"zip {full_t[3].written['zip'].stat().st_size / 1e6:.1f} MB",
+                )
             )
 
     print(

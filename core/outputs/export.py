@@ -1,5 +1,11 @@
 """Downloads: GLB, PLY, OBJ, a COLMAP model, cameras.json, depth/confidence maps, scene.npz, a zip.
 
+:func:`export_scene` writes the requested formats and returns an :class:`ExportResult` (what it
+wrote, what it skipped and why); it writes no manifest: the caller (the pipeline) records the
+result in the job's manifest and may add that manifest to the zip with :func:`add_to_zip`. The
+keep masks are computed once by the caller (:mod:`core.outputs.postprocessing`) and passed to
+every writer; no writer recomputes them.
+
 Frames and conventions (also written into ``cameras.json``):
 
 - World frame: the scene's own (arbitrary scale), shared by PLY, OBJ, COLMAP, cameras.json and
@@ -13,41 +19,45 @@ Frames and conventions (also written into ``cameras.json``):
   lands at ``A @ (u, v, 1) + (0.5, 0.5)`` in COLMAP coordinates of the original image.
 
 Sparse scenes (COLMAP engine) have no depth, point or confidence maps: the ``obj`` and ``depth``
-formats are skipped (the reason is logged, returned by :func:`skipped_formats` and written to
-``manifest.json``), the GLB and PLY hold the sparse points, scene.npz holds ``sparse_*`` arrays
-instead of ``depth_k``/``pts3d_k``/``conf_k``, and COLMAP tracks are empty (the scene carries no
-per-point observations).
+formats are skipped (the reason is logged and returned by :func:`skipped_formats` and in
+:attr:`ExportResult.skipped`), the GLB and PLY hold the sparse points, scene.npz holds
+``sparse_*`` arrays instead of ``depth_k``/``pts3d_k``/``conf_k``, and the COLMAP model is the
+engine's own one (camera models, tracks) when it is still on disk (see
+:mod:`core.outputs.colmap_model`).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import struct
 import zipfile
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
-from scipy.spatial.transform import Rotation
 
 from config import PostprocessConfig, VizConfig
-from core.outputs.postprocessing import (
-    PointSet,
-    dense_maps,
-    even_sample,
-    gather_points,
-    point_masks,
-    resolve_masks,
-    sparse_mask,
-    transform_points,
+from core.outputs.colmap_model import (
+    COLMAP_DEPTH_TOL,
+    cam_from_world_qt,
+    colmap_intrinsics,
+    colmap_unavailable,
+    original_intrinsics,
+    write_colmap,
 )
+from core.outputs.postprocessing import PointSet, dense_maps, gather_points, point_masks, resolve_masks, sparse_mask
 from core.outputs.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
 from core.types import Scene
 
 __all__ = [
     "EXPORT_FORMATS",
     "COLMAP_DEPTH_TOL",
+    "FRAMES",
+    "ZIP_NAME",
+    "ExportResult",
     "parse_formats",
     "skipped_formats",
     "original_intrinsics",
@@ -56,16 +66,16 @@ __all__ = [
     "depth_png_scale",
     "write_ply",
     "write_colmap",
+    "add_to_zip",
     "export_scene",
 ]
 
 logger = logging.getLogger(__name__)
 
 EXPORT_FORMATS = ("glb", "ply", "obj", "colmap", "json", "npz", "depth", "zip")
-#: A dense point is observed in another view when its z-depth there is within this fraction of
-#: that view's depth at the pixel it projects to (visible, not occluded).
-COLMAP_DEPTH_TOL = 0.02
-_PINHOLE_MODEL_ID = 1
+ZIP_NAME = "reconstruction.zip"
+FRAMES = "GLB: first camera, OpenGL axes (y up, looking down -z); everything else: the scene's world frame"
+"""Which frame each file is in (for manifests)."""
 _CONVENTION = (
     "Cameras: OpenCV axes (x right, y down, z forward). world_from_cam is the 4x4 camera-to-world "
     "matrix (x_world = world_from_cam @ x_cam), cam_from_world its inverse. World frame: the "
@@ -98,61 +108,15 @@ def parse_formats(text: str) -> set[str]:
 
 
 def skipped_formats(scene: Scene, formats: set[str]) -> dict[str, str]:
-    """Requested formats this scene cannot produce -> the reason (empty for dense scenes)."""
-    if scene.pts3d is not None:
-        return {}
-    reasons = {
-        "obj": f"no mesh: the {scene.engine!r} scene is sparse (no per-pixel depth maps to triangulate)",
-        "depth": f"no depth or confidence maps: the {scene.engine!r} scene is sparse",
-    }
+    """Requested formats this scene (or this installation) cannot produce -> the reason (empty
+    for dense scenes when pycolmap is installed)."""
+    reasons = {}
+    if scene.pts3d is None:
+        reasons["obj"] = f"no mesh: the {scene.engine!r} scene is sparse (no per-pixel depth maps to triangulate)"
+        reasons["depth"] = f"no depth or confidence maps: the {scene.engine!r} scene is sparse"
+    if (why := colmap_unavailable()) is not None:
+        reasons["colmap"] = why
     return {f: r for f, r in reasons.items() if f in formats}
-
-
-# ----------------------------------------------------------------------------------------------
-# camera conversions
-
-
-def original_intrinsics(scene: Scene) -> np.ndarray:
-    """(N, 3, 3) K of each ORIGINAL image (integer pixel centres): original_from_processed @ K."""
-    return np.asarray(scene.original_from_processed, np.float64) @ scene.intrinsics()
-
-
-def colmap_intrinsics(scene: Scene) -> np.ndarray:
-    """(N, 4) PINHOLE params (fx, fy, cx, cy) of each ORIGINAL image, COLMAP pixel convention
-    (principal point + 0.5)."""
-    k = original_intrinsics(scene)
-    return np.stack([k[:, 0, 0], k[:, 1, 1], k[:, 0, 2] + 0.5, k[:, 1, 2] + 0.5], axis=1)
-
-
-def cam_from_world_qt(world_from_cam: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(4, 4) camera-to-world -> COLMAP (qw, qx, qy, qz) (4,) with qw >= 0 and t (3,).
-
-    The rotation is projected to the nearest orthonormal one; t keeps the camera centre exact.
-    """
-    rot_wc = np.asarray(world_from_cam, np.float64)[:3, :3]
-    centre = np.asarray(world_from_cam, np.float64)[:3, 3]
-    xyzw = Rotation.from_matrix(rot_wc.T).as_quat()
-    q = np.r_[xyzw[3], xyzw[:3]]
-    if q[0] < 0:
-        q = -q
-    rot_cw = Rotation.from_quat(xyzw).as_matrix()
-    return q, -rot_cw @ centre
-
-
-def _project(scene: Scene, k: int, pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """World (M, 3) -> processed-image pixels (M, 2) (OpenCV) and z-depth (M,) in view k."""
-    p = transform_points(np.linalg.inv(scene.world_from_cam[k].astype(np.float64)), pts)
-    z = p[:, 2]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        uv = float(scene.focals[k]) * p[:, :2] / z[:, None] + scene.principal_points[k].astype(np.float64)
-    return uv, z
-
-
-def _affine_2d(mat: np.ndarray, uv: np.ndarray) -> np.ndarray:
-    """Apply a (3, 3) affine (last row 0 0 1) to (M, 2) pixels -> (M, 2) float64."""
-    mat = np.asarray(mat, np.float64)
-    u, v = uv[:, 0].astype(np.float64), uv[:, 1].astype(np.float64)
-    return np.stack([mat[0, 0] * u + mat[0, 1] * v + mat[0, 2], mat[1, 0] * u + mat[1, 1] * v + mat[1, 2]], axis=1)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -189,170 +153,6 @@ def write_ply(path: Path, points: PointSet, sparse_extra: tuple[np.ndarray, np.n
         fh.write(("\n".join(header) + "\n").encode("ascii"))
         fh.write(arr.tobytes())
     return path
-
-
-def _dense_tracks(scene: Scene, masks: tuple[np.ndarray, ...], points: PointSet) -> list[np.ndarray]:
-    """For each view j: (S,) bool, point s is observed in j (see :data:`COLMAP_DEPTH_TOL`)."""
-    _, depths, _ = dense_maps(scene, "COLMAP tracks")
-    seen = []
-    for j in range(scene.n_views):
-        uv, z = _project(scene, j, points.xyz)
-        h, w = depths[j].shape
-        u = np.rint(uv[:, 0])
-        v = np.rint(uv[:, 1])
-        ok = (z > 0) & (u >= 0) & (u < w) & (v >= 0) & (v < h)
-        idx = np.flatnonzero(ok)
-        ui, vi = u[idx].astype(np.int64), v[idx].astype(np.int64)
-        dj = depths[j][vi, ui]
-        good = masks[j][vi, ui] & (np.abs(z[idx] - dj) <= COLMAP_DEPTH_TOL * np.abs(dj))
-        obs = np.zeros(len(points), bool)
-        obs[idx[good]] = True
-        obs |= points.view == j  # always observed in its source view
-        seen.append(obs)
-    return seen
-
-
-def write_colmap(scene: Scene, masks, out_dir: Path, max_points: int) -> Path:
-    """COLMAP model (text AND binary) of the scene in ``out_dir`` (usually colmap/sparse/0).
-
-    One PINHOLE camera per image at the ORIGINAL resolution (fx = f / sx, fy = f / sy, principal
-    point mapped through original_from_processed, COLMAP pixel convention); image names =
-    scene.names; poses as COLMAP cam_from_world (qw qx qy qz, t). Dense scenes: up to
-    ``max_points`` kept points (even subsample), each observed in its source view and in every
-    view where it projects onto a kept pixel with consistent depth; its 2-D observations are its
-    projections (so the stored error is the reprojection error of those, ~0). Sparse scenes:
-    the kept sparse points with their colours and errors and empty tracks. Returns ``out_dir``.
-    Raises ValueError for duplicate image names (COLMAP keys images by name).
-    """
-    names = list(scene.names)
-    dups = sorted({n for n in names if names.count(n) > 1})
-    if dups:
-        raise ValueError(f"COLMAP needs unique image names, got duplicates: {dups}")
-    if any(any(c.isspace() for c in n) for n in names):
-        logger.warning("image names with spaces cannot be read back from COLMAP's text format; use the .bin files")
-    masks = resolve_masks(scene, masks)
-    pts = gather_points(scene, masks)
-    sel = even_sample(len(pts), max_points)
-    pts = PointSet(
-        pts.xyz[sel],
-        pts.rgb[sel],
-        None if pts.conf is None else pts.conf[sel],
-        pts.view[sel],
-        pts.rows[sel],
-        pts.cols[sel],
-    )
-    n, m = scene.n_views, len(pts)
-    params = colmap_intrinsics(scene)
-    colors = pts.rgb
-    seen = _dense_tracks(scene, masks, pts) if scene.pts3d is not None else [np.zeros(m, bool) for _ in range(n)]
-    # per image: observed point indices (in point order) -> 2-D positions in COLMAP pixels
-    obs_pts, obs_xy, point2d_idx = [], [], np.full((n, m), -1, np.int64)
-    err_sum = np.zeros(m)
-    for j in range(n):
-        idx = np.flatnonzero(seen[j])
-        uv, _ = _project(scene, j, pts.xyz[idx])
-        xy = _affine_2d(scene.original_from_processed[j], uv) + 0.5  # COLMAP: pixel centres at +0.5
-        obs_pts.append(idx)
-        obs_xy.append(xy)
-        point2d_idx[j, idx] = np.arange(len(idx))
-        # reprojection error with the written camera (same numbers, float64)
-        q, t = cam_from_world_qt(scene.world_from_cam[j])
-        rot = Rotation.from_quat(np.r_[q[1:], q[0]]).as_matrix()
-        pc = transform_points(np.c_[rot, t], pts.xyz[idx])
-        fx, fy, cx, cy = params[j]
-        proj = np.c_[fx * pc[:, 0] / pc[:, 2] + cx, fy * pc[:, 1] / pc[:, 2] + cy]
-        err_sum[idx] += np.linalg.norm(proj - xy, axis=1)
-    track_len = (point2d_idx >= 0).sum(0)
-    if scene.pts3d is not None:
-        errors = np.where(track_len > 0, err_sum / np.maximum(track_len, 1), 0.0)
-    else:
-        errors = scene.sparse.reproj_error[np.flatnonzero(resolve_masks(scene, masks))][sel].astype(np.float64)
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    sizes = [tuple(int(v) for v in s) for s in scene.original_sizes]
-    poses = [cam_from_world_qt(scene.world_from_cam[j]) for j in range(n)]
-    _write_colmap_text(out_dir, names, sizes, params, poses, obs_pts, obs_xy, pts.xyz, colors, errors, point2d_idx)
-    _write_colmap_binary(out_dir, names, sizes, params, poses, obs_pts, obs_xy, pts.xyz, colors, errors, point2d_idx)
-    logger.debug("COLMAP model: %d images, %d points, mean track %.2f", n, m, track_len.mean() if m else 0.0)
-    return out_dir
-
-
-def _write_colmap_text(out_dir, names, sizes, params, poses, obs_pts, obs_xy, xyz, colors, errors, point2d_idx) -> None:
-    n, m = len(names), len(xyz)
-    lines = [
-        "# Camera list with one line of data per camera:",
-        "#   CAMERA_ID, MODEL, WIDTH, HEIGHT, PARAMS[]",
-        f"# Number of cameras: {n}",
-    ]
-    for j in range(n):
-        lines.append(f"{j + 1} PINHOLE {sizes[j][0]} {sizes[j][1]} " + " ".join(f"{v:.17g}" for v in params[j]))
-    (out_dir / "cameras.txt").write_text("\n".join(lines) + "\n")
-    mean_obs = float(np.mean([len(o) for o in obs_pts])) if n else 0.0
-    lines = [
-        "# Image list with two lines of data per image:",
-        "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
-        "#   POINTS2D[] as (X, Y, POINT3D_ID)",
-        f"# Number of images: {n}, mean observations per image: {mean_obs:g}",
-    ]
-    for j in range(n):
-        q, t = poses[j]
-        lines.append(f"{j + 1} " + " ".join(f"{v:.17g}" for v in (*q, *t)) + f" {j + 1} {names[j]}")
-        lines.append(" ".join(f"{x:.6f} {y:.6f} {p + 1}" for (x, y), p in zip(obs_xy[j], obs_pts[j], strict=True)))
-    (out_dir / "images.txt").write_text("\n".join(lines) + "\n")
-    track_len = (point2d_idx >= 0).sum(0)
-    lines = [
-        "# 3D point list with one line of data per point:",
-        "#   POINT3D_ID, X, Y, Z, R, G, B, ERROR, TRACK[] as (IMAGE_ID, POINT2D_IDX)",
-        f"# Number of points: {m}, mean track length: {float(track_len.mean()) if m else 0.0:g}",
-    ]
-    for s in range(m):
-        track = " ".join(f"{j + 1} {point2d_idx[j, s]}" for j in np.flatnonzero(point2d_idx[:, s] >= 0))
-        x, y, z = xyz[s]
-        r, g, b = colors[s]
-        lines.append(f"{s + 1} {x:.9g} {y:.9g} {z:.9g} {r} {g} {b} {errors[s]:.6g} {track}".rstrip())
-    (out_dir / "points3D.txt").write_text("\n".join(lines) + "\n")
-
-
-def _write_colmap_binary(
-    out_dir, names, sizes, params, poses, obs_pts, obs_xy, xyz, colors, errors, point2d_idx
-) -> None:
-    n, m = len(names), len(xyz)
-    with (out_dir / "cameras.bin").open("wb") as fh:
-        fh.write(struct.pack("<Q", n))
-        for j in range(n):
-            fh.write(struct.pack("<IiQQ", j + 1, _PINHOLE_MODEL_ID, sizes[j][0], sizes[j][1]))
-            fh.write(np.asarray(params[j], "<f8").tobytes())
-    p2d_dtype = np.dtype([("x", "<f8"), ("y", "<f8"), ("id", "<u8")])
-    with (out_dir / "images.bin").open("wb") as fh:
-        fh.write(struct.pack("<Q", n))
-        for j in range(n):
-            q, t = poses[j]
-            fh.write(struct.pack("<I", j + 1) + np.r_[q, t].astype("<f8").tobytes() + struct.pack("<I", j + 1))
-            fh.write(names[j].encode("utf-8") + b"\0")
-            rec = np.zeros(len(obs_pts[j]), p2d_dtype)
-            rec["x"], rec["y"] = obs_xy[j][:, 0], obs_xy[j][:, 1]
-            rec["id"] = obs_pts[j] + 1
-            fh.write(struct.pack("<Q", len(rec)) + rec.tobytes())
-    track_len = (point2d_idx >= 0).sum(0)
-    with (out_dir / "points3D.bin").open("wb") as fh:
-        fh.write(struct.pack("<Q", m))
-        for length in np.unique(track_len):  # records grouped by track length (order is free)
-            sel = np.flatnonzero(track_len == length)
-            fields = [("id", "<u8"), ("xyz", "<f8", (3,)), ("rgb", "u1", (3,)), ("err", "<f8"), ("len", "<u8")]
-            if length:
-                fields.append(("track", "<u4", (int(length), 2)))
-            rec = np.zeros(len(sel), np.dtype(fields))
-            rec["id"] = sel + 1
-            rec["xyz"] = xyz[sel]
-            rec["rgb"] = colors[sel]
-            rec["err"] = errors[sel]
-            rec["len"] = length
-            if length:
-                views = point2d_idx[:, sel].T  # (S, N)
-                img = np.argsort(views < 0, axis=1, kind="stable")[:, :length]  # observing views, in order
-                rec["track"][..., 0] = img + 1
-                rec["track"][..., 1] = np.take_along_axis(views, img, axis=1)
-            fh.write(rec.tobytes())
 
 
 # ----------------------------------------------------------------------------------------------
@@ -475,32 +275,146 @@ def _write_npz(scene: Scene, masks, path: Path) -> Path:
     return path
 
 
-def _zip(out_dir: Path, members: list[Path], path: Path) -> Path:
+def _arcname(path: Path, root: Path) -> str:
+    path = Path(path)
+    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.name
+
+
+def _zip_members(members: Iterable[Path]) -> list[Path]:
+    """Files of ``members`` (folders expanded, sorted), each once, in order."""
     files: list[Path] = []
-    for m in members:
+    for m in map(Path, members):
         files.extend(sorted(p for p in m.rglob("*") if p.is_file()) if m.is_dir() else [m])
+    return list(dict.fromkeys(files))
+
+
+def _write_members(zf: zipfile.ZipFile, files: Iterable[Path], root: Path) -> None:
+    for f in files:
+        kind = zipfile.ZIP_STORED if f.suffix.lower() in (".png", ".zip") else zipfile.ZIP_DEFLATED
+        zf.write(f, _arcname(f, root), compress_type=kind)
+
+
+def _write_zip(out_dir: Path, members: Iterable[Path], path: Path) -> Path:
+    """A fresh zip of ``members`` (files or folders), named relative to ``out_dir``."""
     with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
-        for f in dict.fromkeys(files):
-            kind = zipfile.ZIP_STORED if f.suffix.lower() in (".png", ".zip") else zipfile.ZIP_DEFLATED
-            zf.write(f, f.relative_to(out_dir).as_posix(), compress_type=kind)
+        _write_members(zf, _zip_members(members), out_dir)
     return path
 
 
-def export_scene(
-    scene: Scene, masks, out_dir: Path, formats: set[str], *, post_cfg: PostprocessConfig, viz_cfg: VizConfig
-) -> dict[str, Path]:
-    """Write the requested formats into ``out_dir`` and return {key: path}.
+def add_to_zip(zip_path: Path, files: Iterable[Path], root: Path) -> Path:
+    """Append files (e.g. the manifest the caller wrote after :func:`export_scene`) to the export's
+    zip. Each is stored under its path relative to ``root`` (the export folder), or its bare name
+    when outside it; a name already in the zip raises ValueError. Returns ``zip_path``."""
+    zip_path, root = Path(zip_path), Path(root)
+    files = _zip_members(files)
+    with zipfile.ZipFile(zip_path, "a", compression=zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+        taken = set(zf.namelist()) & {_arcname(f, root) for f in files}
+        if taken:
+            raise ValueError(f"{zip_path.name} already holds {sorted(taken)}")
+        _write_members(zf, files, root)
+    return zip_path
 
-    masks: keep masks from :func:`core.outputs.postprocessing.point_masks` / ``sparse_mask`` (None =
-    computed here with ``post_cfg``). formats: a subset of :data:`EXPORT_FORMATS`; ``zip`` means
-    "everything, plus reconstruction.zip". Keys and files:
+
+# ----------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_scene` wrote into ``out_dir`` and what it could not write."""
+
+    out_dir: Path
+    """The export folder."""
+    written: dict[str, Path] = field(default_factory=dict)
+    """Key -> file or folder written, in writing order. Keys: the formats written (``glb``,
+    ``ply``, ``obj``, ``colmap``, ``json``, ``npz``, ``depth``, ``zip``) plus ``maps`` (the
+    gallery PNGs, written with ``depth``)."""
+    skipped: dict[str, str] = field(default_factory=dict)
+    """Requested format -> why it was not written (:func:`skipped_formats`)."""
+    frames: str = FRAMES
+    """Which frame the files are in."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready ``{"written": {key: path relative to out_dir}, "skipped": {format: reason},
+        "frames": str}`` (what the export folder's manifest.json used to hold)."""
+        return {
+            "written": {k: _arcname(p, self.out_dir) for k, p in self.written.items()},
+            "skipped": dict(self.skipped),
+            "frames": self.frames,
+        }
+
+
+def _plan(scene: Scene, formats: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+    """(formats to write, skipped format -> reason); ``zip`` means every format plus the zip."""
+    formats = set(formats)
+    unknown = formats - set(EXPORT_FORMATS)
+    if unknown:
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(EXPORT_FORMATS)}")
+    if "zip" in formats:
+        formats = set(EXPORT_FORMATS)
+    skipped = skipped_formats(scene, formats)
+    for fmt, why in skipped.items():
+        logger.info("export %s skipped: %s", fmt, why)
+    return formats - set(skipped), skipped
+
+
+def _write_geometry(scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg, viz_cfg) -> dict[str, Path]:
+    """glb, ply, obj and colmap, each from the given masks."""
+    out: dict[str, Path] = {}
+    if "glb" in todo:
+        out["glb"] = scene_to_glb(scene, masks, viz_cfg, out_dir / "scene.glb")
+    if "ply" in todo:
+        extra = None
+        if scene.sparse is not None and scene.pts3d is None:
+            sel = np.flatnonzero(masks)
+            extra = (scene.sparse.reproj_error[sel], scene.sparse.track_length[sel])
+        out["ply"] = write_ply(out_dir / "pointcloud.ply", gather_points(scene, masks), extra)
+    if "obj" in todo:
+        verts, faces, cols = scene_mesh(
+            scene, masks, depth_jump=viz_cfg.mesh_depth_jump, max_vertices=viz_cfg.max_points
+        )
+        out["obj"] = write_obj(out_dir / "mesh.obj", verts, faces, cols)
+    if "colmap" in todo:
+        out["colmap"] = write_colmap(scene, masks, out_dir / "colmap" / "sparse" / "0", post_cfg.colmap_max_points)
+    return out
+
+
+def _write_tables(
+    scene: Scene, masks, out_dir: Path, todo: set[str], skipped: Mapping[str, str], post_cfg, viz_cfg
+) -> dict[str, Path]:
+    """depth (+ maps), json and npz."""
+    out: dict[str, Path] = {}
+    depth_scale, depth_files = None, None
+    if "depth" in todo:
+        depth_scale, depth_files = _write_depth(scene, out_dir / "depth", unique_stems(scene.names))
+        out["depth"] = out_dir / "depth"
+        render_view_maps(scene, viz_cfg, out_dir / "maps", conf_threshold=post_cfg.min_conf_thr)
+        out["maps"] = out_dir / "maps"
+    if "json" in todo:
+        if depth_scale is None and scene.pts3d is not None:
+            depth_scale = depth_png_scale(scene)
+        out["json"] = _cameras_json(scene, out_dir / "cameras.json", depth_scale, depth_files, dict(skipped))
+    if "npz" in todo:
+        out["npz"] = _write_npz(scene, masks, out_dir / "scene.npz")
+    return out
+
+
+def export_scene(
+    scene: Scene, masks, out_dir: Path, formats: Iterable[str], *, post_cfg: PostprocessConfig, viz_cfg: VizConfig
+) -> ExportResult:
+    """Write the requested formats into ``out_dir``; return what was written and skipped.
+
+    masks: the keep masks the caller computed once for the current display settings
+    (:func:`core.outputs.postprocessing.point_masks` / ``sparse_mask``); every writer uses them.
+    None computes them here with ``post_cfg``. formats: names from :data:`EXPORT_FORMATS`;
+    ``zip`` means "everything, plus reconstruction.zip". No manifest is written (see
+    :class:`ExportResult` and :func:`add_to_zip`). Files per key of ``ExportResult.written``:
 
     - ``glb``: ``scene.glb`` (:func:`core.outputs.visualization.scene_to_glb` with ``viz_cfg``).
     - ``ply``: ``pointcloud.ply``, every kept point (world frame; see :func:`write_ply`).
     - ``obj``: ``mesh.obj``, pixel-grid mesh with vertex colours, at most ``viz_cfg.max_points``
       vertices (dense only).
-    - ``colmap``: ``colmap/sparse/0/`` with cameras/images/points3D in .txt and .bin
-      (:func:`write_colmap`, at most ``post_cfg.colmap_max_points`` points).
+    - ``colmap``: ``colmap/sparse/0/`` with cameras/images/points3D (and rigs/frames) in .txt and
+      .bin (:func:`write_colmap`, at most ``post_cfg.colmap_max_points`` points).
     - ``json``: ``cameras.json`` (per image: name, sizes, K processed/original, both poses;
       conventions stated in the file).
     - ``npz``: ``scene.npz`` with ``world_from_cam`` (N,4,4), ``focals`` (N,),
@@ -515,60 +429,17 @@ def export_scene(
       ``depth/<stem>_conf.npy``; also key ``maps``: ``maps/`` with the gallery PNGs (input, depth
       and confidence maps with colourbars). Dense only.
     - ``zip``: ``reconstruction.zip`` with all of the above.
-    - always ``manifest``: ``manifest.json`` (what was written, what was skipped and why).
+
+    Raises ValueError for an unknown format or masks that do not fit the scene.
     """
-    unknown = set(formats) - set(EXPORT_FORMATS)
-    if unknown:
-        raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(EXPORT_FORMATS)}")
-    formats = set(EXPORT_FORMATS) if "zip" in formats else set(formats)
+    todo, skipped = _plan(scene, formats)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if masks is None:
         masks = point_masks(scene, post_cfg) if scene.pts3d is not None else sparse_mask(scene, post_cfg)
     masks = resolve_masks(scene, masks)
-    skipped = skipped_formats(scene, formats)
-    for fmt, why in skipped.items():
-        logger.info("export %s skipped: %s", fmt, why)
-    todo = formats - set(skipped)
-    stems = unique_stems(scene.names)
-    out: dict[str, Path] = {}
-    if "glb" in todo:
-        out["glb"] = scene_to_glb(scene, masks, viz_cfg, out_dir / "scene.glb")
-    if "ply" in todo:
-        pts = gather_points(scene, masks)
-        extra = None
-        if scene.sparse is not None and scene.pts3d is None:
-            sel = np.flatnonzero(masks)
-            extra = (scene.sparse.reproj_error[sel], scene.sparse.track_length[sel])
-        out["ply"] = write_ply(out_dir / "pointcloud.ply", pts, extra)
-    if "obj" in todo:
-        verts, faces, cols = scene_mesh(
-            scene, masks, depth_jump=viz_cfg.mesh_depth_jump, max_vertices=viz_cfg.max_points
-        )
-        out["obj"] = write_obj(out_dir / "mesh.obj", verts, faces, cols)
-    if "colmap" in todo:
-        out["colmap"] = write_colmap(scene, masks, out_dir / "colmap" / "sparse" / "0", post_cfg.colmap_max_points)
-    depth_scale, depth_files = None, None
-    if "depth" in todo:
-        depth_scale, depth_files = _write_depth(scene, out_dir / "depth", stems)
-        out["depth"] = out_dir / "depth"
-        render_view_maps(scene, viz_cfg, out_dir / "maps", conf_threshold=post_cfg.min_conf_thr)
-        out["maps"] = out_dir / "maps"
-    if "json" in todo:
-        if depth_scale is None and scene.pts3d is not None:
-            depth_scale = depth_png_scale(scene)
-        out["json"] = _cameras_json(scene, out_dir / "cameras.json", depth_scale, depth_files, skipped)
-    if "npz" in todo:
-        out["npz"] = _write_npz(scene, masks, out_dir / "scene.npz")
-    manifest = {
-        "written": {k: p.relative_to(out_dir).as_posix() for k, p in out.items()},
-        "skipped": skipped,
-        "frames": "GLB: first camera, OpenGL axes (y up, looking down -z); everything else: the scene's world frame",
-    }
+    written = _write_geometry(scene, masks, out_dir, todo, post_cfg, viz_cfg)
+    written.update(_write_tables(scene, masks, out_dir, todo, skipped, post_cfg, viz_cfg))
     if "zip" in todo:
-        manifest["written"]["zip"] = "reconstruction.zip"
-    out["manifest"] = out_dir / "manifest.json"
-    out["manifest"].write_text(json.dumps(manifest, indent=2))
-    if "zip" in todo:
-        out["zip"] = _zip(out_dir, [p for k, p in out.items()], out_dir / "reconstruction.zip")
-    return out
+        written["zip"] = _write_zip(out_dir, list(written.values()), out_dir / ZIP_NAME)
+    return ExportResult(out_dir=out_dir, written=written, skipped=skipped)

@@ -12,10 +12,8 @@ exports (PLY, OBJ, COLMAP, cameras.json, npz) stay in the scene's world frame.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
-import struct
 from pathlib import Path
 
 import matplotlib
@@ -262,24 +260,15 @@ def _camera_geometry(
     return out
 
 
-def _mark_unlit(glb: bytes) -> bytes:
-    """Add KHR_materials_unlit to every material of a GLB (photo colours are already lit)."""
-    magic, version, _ = struct.unpack_from("<4sII", glb, 0)
-    json_len, json_type = struct.unpack_from("<I4s", glb, 12)
-    if magic != b"glTF" or json_type != b"JSON":
-        raise ValueError("trimesh returned something that is not a GLB")
-    tree = json.loads(glb[20 : 20 + json_len])
-    rest = glb[20 + json_len :]
+def _mark_unlit(tree: dict) -> None:
+    """glTF tree hook (trimesh's ``tree_postprocessor``): add KHR_materials_unlit to every
+    material (photo colours are already lit). Edits ``tree`` in place."""
     for mat in tree.get("materials", []):
         mat.setdefault("extensions", {})["KHR_materials_unlit"] = {}
     if tree.get("materials"):
         used = tree.setdefault("extensionsUsed", [])
         if "KHR_materials_unlit" not in used:
             used.append("KHR_materials_unlit")
-    body = json.dumps(tree, separators=(",", ":")).encode()
-    body += b" " * (-len(body) % 4)
-    total = 12 + 8 + len(body) + len(rest)
-    return struct.pack("<4sII", magic, version, total) + struct.pack("<I4s", len(body), b"JSON") + body + rest
 
 
 def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path) -> Path:
@@ -332,7 +321,7 @@ def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path) -> Path:
     tscene = trimesh.Scene()
     for name, geom in geoms:
         tscene.add_geometry(geom, geom_name=name, node_name=name)
-    data = _mark_unlit(tscene.export(file_type="glb"))
+    data = trimesh.exchange.gltf.export_glb(tscene, tree_postprocessor=_mark_unlit)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
     logger.debug("wrote %s (%d bytes, %d geometries)", path, len(data), len(geoms))

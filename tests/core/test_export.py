@@ -3,8 +3,11 @@ Pillow) and checked against the scene."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import shutil
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pycolmap
@@ -13,8 +16,11 @@ import trimesh
 from PIL import Image
 
 from config import PostprocessConfig, VizConfig
+from core.engines.colmap import original_from_display
+from core.outputs.colmap_model import colmap_reconstruction
 from core.outputs.export import (
     EXPORT_FORMATS,
+    add_to_zip,
     cam_from_world_qt,
     colmap_intrinsics,
     export_scene,
@@ -61,10 +67,12 @@ def test_parse_formats():
 
 
 def test_export_writes_every_format_and_zips_them(exported):
-    out, out_dir = exported
-    assert set(out) == set(EXPORT_FORMATS) | {"maps", "manifest"}
-    manifest = json.loads(out["manifest"].read_text())
+    result, out_dir = exported
+    out = result.written
+    assert set(out) == set(EXPORT_FORMATS) | {"maps"}
+    manifest = result.describe()
     assert manifest["skipped"] == {} and manifest["written"]["zip"] == "reconstruction.zip"
+    assert not (out_dir / "manifest.json").exists()  # the pipeline writes the job's manifest
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     with zipfile.ZipFile(out["zip"]) as zf:
         assert zf.testzip() is None
@@ -86,7 +94,7 @@ def test_export_writes_every_format_and_zips_them(exported):
 
 def test_ply_read_back_with_trimesh(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     cloud = trimesh.load(out["ply"])
     pts = gather_points(scene, masks)
     assert len(cloud.vertices) == len(pts) == sum(int(m.sum()) for m in masks)
@@ -99,7 +107,7 @@ def test_ply_read_back_with_trimesh(dense, exported):
 
 def test_obj_read_back_with_trimesh(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     mesh = trimesh.load(out["obj"], process=False)
     verts, faces, cols = scene_mesh(scene, masks, depth_jump=VIZ.mesh_depth_jump, max_vertices=VIZ.max_points)
     assert len(mesh.vertices) == len(verts) and len(mesh.faces) == len(faces) > 1000
@@ -109,7 +117,7 @@ def test_obj_read_back_with_trimesh(dense, exported):
 
 
 def test_glb_read_back_with_trimesh(exported):
-    out, _ = exported
+    out = exported[0].written
     glb = trimesh.load(out["glb"])
     assert "mesh" in glb.geometry and "camera_2" in glb.geometry
 
@@ -127,7 +135,7 @@ def _scene_projection_original(scene, k, xyz):
 @pytest.mark.parametrize("kind", ["text", "binary"])
 def test_colmap_model_loads_and_reprojects_into_original_images(dense, exported, kind):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     rec = pycolmap.Reconstruction()
     getattr(rec, f"read_{kind}")(str(out["colmap"]))
     assert rec.num_images() == scene.n_views and rec.num_cameras() == scene.n_views
@@ -189,7 +197,7 @@ def test_colmap_intrinsics_map_pixel_centres():
 
 def test_cameras_json(dense, exported):
     scene, _ = dense
-    out, _ = exported
+    out = exported[0].written
     doc = json.loads(out["json"].read_text())
     assert "OpenCV" in doc["convention"] and "camera-to-world" in doc["convention"]
     assert doc["n_images"] == 3 and doc["final_loss"] == pytest.approx(scene.final_loss)
@@ -213,7 +221,8 @@ def test_cameras_json(dense, exported):
 
 def test_depth_and_confidence_files(dense, exported):
     scene, _ = dense
-    out, out_dir = exported
+    result, out_dir = exported
+    out = result.written
     doc = json.loads(out["json"].read_text())
     sidecar = json.loads((out["depth"] / "depth_png.json").read_text())
     scale = doc["depth_png_scale"]
@@ -234,7 +243,7 @@ def test_depth_and_confidence_files(dense, exported):
 
 def test_scene_npz(dense, exported):
     scene, masks = dense
-    out, _ = exported
+    out = exported[0].written
     with np.load(out["npz"], allow_pickle=False) as z:
         required = {"world_from_cam", "focals", "principal_points", "final_loss"}
         for k in range(3):
@@ -256,11 +265,11 @@ def test_scene_npz(dense, exported):
 
 def test_export_computes_masks_when_none_and_subsets(dense, tmp_path):
     scene, masks = dense
-    out = export_scene(scene, None, tmp_path, {"ply"}, post_cfg=POST, viz_cfg=VIZ)
-    assert set(out) == {"ply", "manifest"}
+    out = export_scene(scene, None, tmp_path, {"ply"}, post_cfg=POST, viz_cfg=VIZ).written
+    assert set(out) == {"ply"}
     assert len(trimesh.load(out["ply"]).vertices) == sum(int(m.sum()) for m in masks)
     unloss = make_dense_scene(n_views=2, height=16, width=16, final_loss=None).scene
-    out = export_scene(unloss, None, tmp_path / "u", {"npz"}, post_cfg=POST, viz_cfg=VIZ)
+    out = export_scene(unloss, None, tmp_path / "u", {"npz"}, post_cfg=POST, viz_cfg=VIZ).written
     with np.load(out["npz"]) as z:
         assert np.isnan(z["final_loss"])
     with pytest.raises(ValueError, match="unknown export format"):
@@ -270,12 +279,12 @@ def test_export_computes_masks_when_none_and_subsets(dense, tmp_path):
 def test_sparse_scene_exports(tmp_path):
     scene, outlier = make_sparse_scene()
     keep = sparse_mask(scene, POST)
-    out = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
-    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "manifest", "zip"}
+    result = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
+    out = result.written
+    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "zip"}
     reasons = skipped_formats(scene, set(EXPORT_FORMATS))
     assert set(reasons) == {"obj", "depth"} and all("sparse" in r for r in reasons.values())
-    manifest = json.loads(out["manifest"].read_text())
-    assert manifest["skipped"] == reasons
+    assert result.skipped == reasons and result.describe()["skipped"] == reasons
     assert json.loads(out["json"].read_text())["missing"] == reasons
     assert not (tmp_path / "mesh.obj").exists() and not (tmp_path / "depth").exists()
     cloud = trimesh.load(out["ply"])
@@ -295,3 +304,149 @@ def test_sparse_scene_exports(tmp_path):
         assert "image_0" in z.files and "world_from_cam" in z.files
     with zipfile.ZipFile(out["zip"]) as zf:
         assert "colmap/sparse/0/cameras.bin" in zf.namelist()
+
+
+def test_export_returns_written_and_skipped_and_writes_no_manifest(tmp_path):
+    scene, _ = make_sparse_scene()
+    keep = sparse_mask(scene, POST)
+    result = export_scene(scene, keep, tmp_path, {"ply", "obj", "depth", "zip"}, post_cfg=POST, viz_cfg=VIZ)
+    assert set(result.skipped) == {"obj", "depth"} and result.out_dir == tmp_path
+    assert set(result.written) == {"glb", "ply", "colmap", "json", "npz", "zip"}
+    assert all(p.exists() and p.is_relative_to(tmp_path) for p in result.written.values())
+    assert not list(tmp_path.rglob("manifest.json"))
+    doc = result.describe()
+    assert doc["written"]["colmap"] == "colmap/sparse/0" and doc["skipped"] == result.skipped
+    json.dumps(doc)  # JSON-ready
+    # the caller writes its manifest, then adds it to the zip once
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps({"exports": doc}))
+    add_to_zip(result.written["zip"], [manifest], tmp_path)
+    with zipfile.ZipFile(result.written["zip"]) as zf:
+        assert zf.testzip() is None and json.loads(zf.read("manifest.json"))["exports"] == doc
+        assert "pointcloud.ply" in zf.namelist()
+    with pytest.raises(ValueError, match="already holds.*manifest.json"):
+        add_to_zip(result.written["zip"], [manifest], tmp_path)
+
+
+def _model_content(rec) -> tuple:
+    cams = {i: (c.model_name, c.width, c.height, tuple(c.params)) for i, c in rec.cameras.items()}
+    images = {
+        i: (
+            im.name,
+            im.camera_id,
+            np.asarray(im.cam_from_world().matrix()).round(9).tolist(),
+            [(tuple(p.xy), p.point3D_id) for p in im.points2D],
+        )
+        for i, im in rec.images.items()
+    }
+    points = {
+        i: (tuple(p.xyz), tuple(p.color), sorted((e.image_id, e.point2D_idx) for e in p.track.elements))
+        for i, p in rec.points3D.items()
+    }
+    return cams, images, points
+
+
+def test_colmap_model_written_by_pycolmap_reads_back_the_same_in_text_and_binary(dense, tmp_path):
+    scene, masks = dense
+    built = colmap_reconstruction(scene, masks, max_points=2000)
+    model = write_colmap(scene, masks, tmp_path / "m", max_points=2000)
+    assert {"cameras.txt", "images.txt", "points3D.txt", "cameras.bin", "images.bin", "points3D.bin"} <= {
+        p.name for p in model.iterdir()
+    }
+    text, binary = pycolmap.Reconstruction(), pycolmap.Reconstruction()
+    text.read_text(str(model))
+    binary.read_binary(str(model))
+    want = _model_content(binary)
+    assert want == _model_content(built)
+    t_cams, t_images, t_points = _model_content(text)
+    assert t_cams == want[0] and t_images.keys() == want[1].keys() and t_points.keys() == want[2].keys()
+    for i, (name, cam, pose, obs) in want[1].items():
+        assert t_images[i][:3] == (name, cam, pose) and [o[1] for o in t_images[i][3]] == [o[1] for o in obs]
+        np.testing.assert_allclose([o[0] for o in t_images[i][3]], [o[0] for o in obs], atol=1e-9)
+    for i, (xyz, rgb, track) in want[2].items():
+        assert t_points[i][1:] == (rgb, track)
+        np.testing.assert_allclose(t_points[i][0], xyz, rtol=1e-12)
+    # points = the even subsample of the kept points, in order, each observed in its source view
+    pts = gather_points(scene, masks)
+    sel = (np.arange(2000) * len(pts)) // 2000
+    xyz = np.array([binary.points3D[i + 1].xyz for i in range(2000)])
+    np.testing.assert_array_equal(xyz, pts.xyz[sel].astype(np.float64))
+    for i in range(2000):
+        assert pts.view[sel[i]] + 1 in {e.image_id for e in binary.points3D[i + 1].track.elements}
+    assert max(p.error for p in binary.points3D.values()) < 1e-4  # observations are the projections
+
+
+def _engine_scene(tmp_path: Path):
+    """A sparse scene as the COLMAP engine leaves it: its model on disk (SIMPLE_RADIAL cameras,
+    views 0 and 1 sharing one, run on images 2x the display size; the uploads are 4x), tracks of
+    every point in the views that see it, plus keypoints without a 3-D point."""
+    base, outlier = make_sparse_scene()
+    colmap_size, original_size, display = (128, 96), (256, 192), (64, 48)
+    src = pycolmap.Reconstruction()
+    for cam_id in (1, 2):
+        f, (cx, cy) = 2 * float(base.focals[0]), 2 * (base.principal_points[0].astype(np.float64) + 0.5)
+        params = [f, cx, cy, 0.02]
+        src.add_camera_with_trivial_rig(
+            pycolmap.Camera(camera_id=cam_id, model="SIMPLE_RADIAL", width=128, height=96, params=params)
+        )
+    xyz = base.sparse.xyz.astype(np.float64)
+    tracks: list[list[tuple[int, int]]] = [[] for _ in xyz]
+    for k in range(base.n_views):
+        cam = src.cameras[1 if k < 2 else 2]
+        cam_from_world = np.linalg.inv(base.world_from_cam[k].astype(np.float64))[:3]
+        in_cam = xyz @ cam_from_world[:3, :3].T + cam_from_world[:, 3]
+        uv = cam.img_from_cam(in_cam, check_cheirality=False)
+        seen = np.flatnonzero((in_cam[:, 2] > 0) & (uv >= 0).all(1) & (uv < colmap_size).all(1))
+        keypoints = np.concatenate([uv[seen], [[3.0, 4.0], [50.0, 60.0]]])  # two untriangulated
+        for i, s in enumerate(seen):
+            tracks[s].append((k + 1, i))
+        image = pycolmap.Image(
+            name=f"{k:04d}_{base.names[k]}", keypoints=keypoints, camera_id=cam.camera_id, image_id=k + 1
+        )
+        src.add_image_with_trivial_frame(image, pycolmap.Rigid3d(cam_from_world))
+    for s in range(len(xyz)):
+        src.add_point3D(xyz[s], pycolmap.Track([pycolmap.TrackElement(*e) for e in tracks[s]]), base.sparse.rgb[s])
+    model_dir = tmp_path / "colmap_work" / "sparse" / "0"
+    model_dir.mkdir(parents=True)
+    src.write_binary(str(model_dir))
+    scene = dataclasses.replace(
+        base,
+        original_sizes=(original_size,) * base.n_views,
+        original_from_processed=np.stack([original_from_display(original_size, display)] * base.n_views),
+        extra={
+            "model_dir": str(model_dir),
+            "cameras": [{"name": n, "colmap_name": f"{k:04d}_{n}"} for k, n in enumerate(base.names)],
+        },
+    )
+    return scene, src, model_dir
+
+
+def test_colmap_engine_model_keeps_its_camera_model_and_tracks(tmp_path):
+    scene, src, model_dir = _engine_scene(tmp_path)
+    keep = sparse_mask(scene, POST)
+    assert 0 < keep.sum() < len(keep)
+    out = export_scene(scene, keep, tmp_path / "out", {"colmap"}, post_cfg=POST, viz_cfg=VIZ).written
+    rec = pycolmap.Reconstruction(str(out["colmap"]))
+    assert rec.num_cameras() == 2 and rec.num_images() == 3 and rec.num_points3D() == keep.sum()
+    for k, name in enumerate(scene.names):
+        image = rec.find_image_with_name(name)
+        cam, src_cam = rec.camera(image.camera_id), src.cameras[1 if k < 2 else 2]
+        assert (cam.model_name, cam.width, cam.height) == ("SIMPLE_RADIAL", 256, 192)
+        np.testing.assert_allclose(cam.params, np.r_[2 * src_cam.params[:3], src_cam.params[3]], rtol=1e-12)
+        np.testing.assert_allclose(image.cam_from_world().matrix(), src.images[k + 1].cam_from_world().matrix())
+        for p in image.points2D:  # observations only, at twice the engine's pixels, where the camera puts them
+            assert p.has_point3D()
+            np.testing.assert_allclose(image.project_point(rec.point3D(p.point3D_id).xyz), p.xy, atol=1e-6)
+    cam_ids = [rec.find_image_with_name(n).camera_id for n in scene.names]
+    assert cam_ids[0] == cam_ids[1] != cam_ids[2]  # shared as the engine shared them
+    src_ids = np.array(sorted(src.points3D))[keep]
+    np.testing.assert_array_equal(
+        np.array([rec.points3D[i].xyz for i in sorted(rec.points3D)]), [src.points3D[i].xyz for i in src_ids]
+    )
+    assert rec.compute_num_observations() == sum(src.points3D[i].track.length() for i in src_ids) > 2 * keep.sum()
+    assert rec.compute_mean_reprojection_error() < 1e-4
+    # once the engine's model is gone, the export falls back to pinhole cameras without tracks
+    shutil.rmtree(model_dir)
+    out = export_scene(scene, keep, tmp_path / "out2", {"colmap"}, post_cfg=POST, viz_cfg=VIZ).written
+    rec = pycolmap.Reconstruction(str(out["colmap"]))
+    assert {c.model_name for c in rec.cameras.values()} == {"PINHOLE"} and rec.compute_num_observations() == 0
