@@ -111,6 +111,8 @@ class PairPredictions:
     """N normalised inputs (1, 3, H, W) in [-1, 1], or None when not kept."""
     names: tuple[str, ...] | None = None
     """N file names, or None."""
+    metric: bool = False
+    """True when the point maps are in metres (MASt3R); DUSt3R's are up to scale."""
 
     @property
     def n_views(self) -> int:
@@ -137,7 +139,7 @@ class PairPredictions:
         Keys: ``pairs`` (P, 2) int64, ``n_images`` and ``batch_size`` (0-d int64); per view k ``true_shape_k`` (1, 2) int32 and, when images
         are kept, ``img_k`` (1, 3, H, W) float32; per pair p ``pair{p}_pred1_pts3d``,
         ``pair{p}_pred1_conf``, ``pair{p}_pred2_pts3d_in_other_view``, ``pair{p}_pred2_conf``.
-        Extension: ``name_k`` (0-d str) when names are known.
+        Extension: ``name_k`` (0-d str) when names are known; ``metric`` (0-d bool True) for metric predictions.
         """
         arrays: dict[str, np.ndarray] = {
             "pairs": self.pairs.numpy().astype(np.int64),
@@ -150,6 +152,8 @@ class PairPredictions:
                 arrays[f"img_{k}"] = self.images[k].numpy().astype(np.float32)
             if self.names is not None:
                 arrays[f"name_{k}"] = np.array(self.names[k])
+        if self.metric:  # absent = not metric, so DUSt3R files keep the reference's exact key set
+            arrays["metric"] = np.array(True)
         for p in range(len(self.pts3d_1)):
             arrays[f"pair{p}_pred1_pts3d"] = self.pts3d_1[p].numpy()
             arrays[f"pair{p}_pred1_conf"] = self.conf_1[p].numpy()
@@ -203,6 +207,7 @@ class PairPredictions:
                     images.append(torch.from_numpy(np.asarray(data[f"img_{k}"], dtype=np.float32)))
                 if f"name_{k}" in keys:
                     names_out.append(str(data[f"name_{k}"]))
+            metric = bool(data["metric"]) if "metric" in keys else False
         return cls(
             pairs=pairs,
             pts3d_1=tuple(fields["p1"]),
@@ -212,6 +217,7 @@ class PairPredictions:
             true_shapes=tuple(shapes),
             images=tuple(images) if len(images) == n and n else None,
             names=tuple(names_out) if len(names_out) == n and n else None,
+            metric=metric,
         )
 
 
@@ -276,6 +282,8 @@ class Scene:
     """Human-readable warnings (images that did not register, low confidence, ...)."""
     extra: dict = field(default_factory=dict)
     """Engine diagnostics (loss history, iterations run, ...), JSON-serialisable."""
+    units: str = "unknown"
+    """Unit of world coordinates and depths: "m" (metres) or "unknown" (up to scale)."""
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -286,6 +294,8 @@ class Scene:
                 f"focals must be ({n},) and principal_points ({n}, 2), got "
                 f"{self.focals.shape} and {self.principal_points.shape}"
             )
+        if self.units not in ("m", "unknown"):
+            raise ValueError(f"units must be 'm' or 'unknown', got {self.units!r}")
         if not self.names:
             object.__setattr__(self, "names", tuple(f"image_{k}" for k in range(n)))
         if not self.original_sizes:

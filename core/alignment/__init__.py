@@ -14,7 +14,9 @@ The stages, one module each:
    :mod:`~core.alignment.params`), minimising :mod:`~core.alignment.loss`: the
    confidence-weighted distance between each image's back-projected depth map and every pair
    prediction that shows the image.
-4. :func:`align` here assembles the :class:`Scene`.
+4. Metric predictions (MASt3R, ``PairPredictions.metric``): :mod:`~core.alignment.metric` puts
+   the scene back in metres (``Scene.units`` "m"); otherwise the scale is arbitrary ("unknown").
+5. :func:`align` here assembles the :class:`Scene`.
 
 Same parameterisation, loss, optimiser and schedules as the reference, so results match it to
 float precision.
@@ -30,6 +32,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,9 +40,10 @@ import torch
 from config import AlignmentConfig
 from core.alignment.init import initialize
 from core.alignment.inputs import Inputs, parse_known_focals, parse_known_poses, prepare_inputs
+from core.alignment.metric import metric_scale, rescale_world
 from core.alignment.optimizer import AlignmentCancelled, optimize_from_raw
-from core.alignment.pairviewer import apply_known_poses, pair_viewer
-from core.alignment.params import decode
+from core.alignment.pairviewer import apply_known_poses, pair_viewer, two_view_pair_scales
+from core.alignment.params import decode, pair_scales
 from core.errors import AlignmentError
 from core.geometry import depth_to_world_points
 from core.types import PairPredictions, ProgressFn, Scene, tensor_to_rgb
@@ -48,8 +52,26 @@ __all__ = ["AlignmentError", "AlignmentCancelled", "align"]
 
 logger = logging.getLogger(__name__)
 
-#: What a solve returns: world_from_cam (N, 4, 4), focals (N,), N depths (H, W), final loss, warnings, extra.
-_Solution = tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], float | None, list[str], dict]
+#: Above this disagreement between the pairs' metric scales (relative), the scene gets a warning.
+METRIC_SPREAD_WARN = 0.1
+
+
+@dataclass
+class _Solution:
+    """What the two-view path or the optimiser found."""
+
+    poses: torch.Tensor
+    """(N, 4, 4) world_from_cam."""
+    focals: torch.Tensor
+    """(N,) pixels."""
+    depths: list[torch.Tensor]
+    """N (H, W) z-depth."""
+    final_loss: float | None
+    warnings: list[str]
+    extra: dict
+    scales: torch.Tensor | None
+    """(E,) scale s_e mapping each pair's prediction into the world (:mod:`core.alignment.metric`);
+    None when the predictions are not metric or known poses fixed the world scale."""
 
 
 def align(
@@ -74,7 +96,9 @@ def align(
     Returns a dense :class:`Scene`: depths (H, W) z-depth, pts3d (H, W, 3) world, conf = per-image
     max raw confidence, focals (N,), principal points (W/2, H/2), world_from_cam (N, 4, 4),
     final_loss (loss of the last iteration before its step; None for two views), diagnostics in
-    ``extra``. Raises :class:`AlignmentError` for degenerate input (non-finite values, focal
+    ``extra``, units "m" when ``preds.metric`` (and no two known poses fix the scale; then
+    ``extra`` also holds ``metres_per_unit``, the factor applied, and ``metric_scale_spread``),
+    else "unknown". Raises :class:`AlignmentError` for degenerate input (non-finite values, focal
     estimate 0, disconnected pairs, diverging loss); recoverable problems go to ``Scene.warnings``.
     All computation is float32 whatever precision the predictions came in.
     """
@@ -87,13 +111,22 @@ def align(
     warnings = _low_confidence_warnings(inp, cfg.min_conf_thr)
     with torch.autocast(device_type=dev.type, enabled=False):
         if inp.n == 2 and (0, 1) in inp.edges and (1, 0) in inp.edges:
-            solution = _solve_two_views(inp, cfg, known_f, known_p)
+            solution = _solve_two_views(inp, cfg, known_f, known_p, metric=preds.metric)
         else:
-            solution = _solve_optimizer(inp, cfg, known_f, known_p, progress=progress, cancel=cancel)
-    poses, focals, depths, final_loss, solve_warnings, extra = solution
-    extra["seconds"] = time.perf_counter() - t0
-    scene = _make_scene(preds, inp, poses, focals, depths, final_loss, warnings + solve_warnings, extra)
-    logger.info("aligned %d views (%s) in %.2f s, final loss %s", inp.n, extra["method"], extra["seconds"], final_loss)
+            solution = _solve_optimizer(
+                inp, cfg, known_f, known_p, metric=preds.metric, progress=progress, cancel=cancel
+            )
+    units = _to_metres(solution, known_p) if preds.metric else "unknown"
+    solution.extra["seconds"] = time.perf_counter() - t0
+    scene = _make_scene(preds, inp, solution, warnings + solution.warnings, units)
+    logger.info(
+        "aligned %d views (%s) in %.2f s, final loss %s, units %s",
+        inp.n,
+        solution.extra["method"],
+        solution.extra["seconds"],
+        solution.final_loss,
+        units,
+    )
     return scene
 
 
@@ -115,13 +148,15 @@ def _low_confidence_warnings(inp: Inputs, min_conf_thr: float) -> list[str]:
 
 
 def _solve_two_views(
-    inp: Inputs, cfg: AlignmentConfig, known_f: list[float] | None, known_p: dict[int, torch.Tensor]
+    inp: Inputs, cfg: AlignmentConfig, known_f: list[float] | None, known_p: dict[int, torch.Tensor], *, metric: bool
 ) -> _Solution:
     poses, focals, depths, warnings, extra = pair_viewer(inp, cfg, known_f)
     if known_p:
         poses, depths = apply_known_poses(poses, depths, known_p)
     extra.update(method="pair_viewer", iterations=0, early_stopped=False, loss_history=[])
-    return poses, focals, depths, None, warnings, extra
+    # the world is the reference pair's own frame, unless two known poses rescaled it
+    scales = two_view_pair_scales(inp, extra["reference_image"]) if metric and len(known_p) < 2 else None
+    return _Solution(poses, focals, depths, None, warnings, extra, scales)
 
 
 def _solve_optimizer(
@@ -130,6 +165,7 @@ def _solve_optimizer(
     known_f: list[float] | None,
     known_p: dict[int, torch.Tensor],
     *,
+    metric: bool,
     progress: ProgressFn | None,
     cancel: Callable[[], bool] | None,
 ) -> _Solution:
@@ -157,20 +193,35 @@ def _solve_optimizer(
         "mst_edges": [list(e) for e in start.mst.edges],
         "mst_focals": [None if f is None else float(f) for f in start.mst.focals],
     }
-    return poses, focals, depths, opt.final_loss, list(start.warnings), extra
+    scales = pair_scales(opt.raw.pw_poses, True) if metric and start.norm_pw_scale else None
+    return _Solution(poses, focals, depths, opt.final_loss, list(start.warnings), extra, scales)
 
 
-def _make_scene(
-    preds: PairPredictions,
-    inp: Inputs,
-    poses: torch.Tensor,
-    focals: torch.Tensor,
-    depths: list[torch.Tensor],
-    final_loss: float | None,
-    warnings: list[str],
-    extra: dict,
-) -> Scene:
+def _to_metres(sol: _Solution, known_p: dict[int, torch.Tensor]) -> str:
+    """Rescale a solution of metric predictions to metres (in place); returns the scene's units.
+
+    The factor is :func:`core.alignment.metric.metric_scale` of the pair scales; the world is
+    scaled about the known camera (when one pose is known, it stays exactly there) or the origin.
+    """
+    if sol.scales is None:
+        logger.info("metric predictions, but the known poses fix the scale: the scene is in their units")
+        return "unknown"
+    k, spread = metric_scale(sol.scales)
+    if k != 1.0:
+        centre = known_p[min(known_p)][:3, 3] if known_p else None
+        sol.poses, sol.depths = rescale_world(sol.poses, sol.depths, k, centre)
+    sol.extra.update(metres_per_unit=k, metric_scale_spread=spread)
+    if spread > METRIC_SPREAD_WARN:
+        sol.warnings.append(
+            f"the metric scale is uncertain: the pairs' scales disagree by about {spread:.0%} (median); "
+            "distances in metres may be off by as much"
+        )
+    return "m"
+
+
+def _make_scene(preds: PairPredictions, inp: Inputs, sol: _Solution, warnings: list[str], units: str) -> Scene:
     """The Scene (CPU float32 arrays); raises :class:`AlignmentError` on any non-finite value."""
+    poses, focals, depths, final_loss = sol.poses, sol.focals, sol.depths, sol.final_loss
     pps = torch.tensor([(w / 2, h / 2) for h, w in inp.shapes], dtype=torch.float32, device=inp.device)
     pts3d = [depth_to_world_points(d, focals[k], pps[k], poses[k]) for k, d in enumerate(depths)]
     bad = [
@@ -201,5 +252,6 @@ def _make_scene(
         names=inp.names,
         engine="dust3r",
         warnings=tuple(warnings),
-        extra=extra,
+        extra=sol.extra,
+        units=units,
     )

@@ -11,7 +11,6 @@ N views, E pairs (edges), S sides (one side = one pair output showing one image;
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,7 +18,7 @@ import roma
 import torch
 
 from core.alignment.inputs import Inputs
-from core.alignment.params import BASE_SCALE, FOCAL_BREAK
+from core.alignment.params import FOCAL_BREAK, pair_scales
 from core.geometry import pixel_grid, signed_expm1
 
 __all__ = ["CPU_CHUNK_ELEMS", "Group", "Problem", "evaluate"]
@@ -116,9 +115,7 @@ class Problem:
         q_e = pw_poses[:, :4] / pw_poses[:, :4].norm(dim=-1, keepdim=True)
         rot_e = roma.unitquat_to_rotmat(q_e)  # (E, 3, 3)
         t_e = signed_expm1(pw_poses[:, 4:7])  # (E, 3)
-        scale = pw_poses[:, 7].exp()
-        if norm_pw_scale:
-            scale = scale * (math.log(BASE_SCALE) - pw_poses[:, 7].mean()).exp()
+        scale = pair_scales(pw_poses, norm_pw_scale)  # (E,)
         rt_img = rot_img.transpose(1, 2)[self.side_img]  # (S, 3, 3) cam_from_world rotation
         s_side = scale[self.side_edge]
         m = s_side[:, None, None] * (rt_img @ rot_e[self.side_edge])

@@ -14,9 +14,9 @@ import torch
 from config import AlignmentConfig
 from core.alignment.init import check_focals, estimate_focal, pnp_pose, similarity_matrix
 from core.alignment.inputs import Inputs
-from core.geometry import similarity_between_poses, transform_points
+from core.geometry import register_points, similarity_between_poses, transform_points
 
-__all__ = ["PNP_ITERS_PAIR", "pair_viewer", "apply_known_poses"]
+__all__ = ["PNP_ITERS_PAIR", "pair_viewer", "apply_known_poses", "two_view_pair_scales"]
 
 #: RANSAC iterations of the PnP in the two-view path (reference value).
 PNP_ITERS_PAIR = 100
@@ -62,6 +62,22 @@ def pair_viewer(
     depths[other] = transform_points(torch.linalg.inv(rel[other]), inp.pred2[e_ref])[..., 2]
     extra = {"reference_image": ref, "pair_scores": scores}
     return poses, torch.tensor(focals, dtype=torch.float32, device=inp.device), depths, warnings, extra
+
+
+def two_view_pair_scales(inp: Inputs, ref: int) -> torch.Tensor:
+    """(2,) scale s_e of each direction's prediction in the two-view world (:mod:`core.alignment.metric`).
+
+    The world is the frame of the pair whose view 1 is image ``ref``, so that pair's scale is 1.
+    The other direction sees image ``ref`` as its view 2; registering those points onto the
+    reference pair's view-1 points (confidence-weighted similarity) gives its scale.
+    """
+    edge_of: dict[tuple[int, int], int] = {}
+    for e, ij in enumerate(inp.edges):
+        edge_of.setdefault(ij, e)
+    e_ref, e_oth = edge_of[(ref, 1 - ref)], edge_of[(1 - ref, ref)]
+    weights = inp.conf1[e_ref] * inp.conf2[e_oth]
+    s, _, _ = register_points(inp.pred2[e_oth], inp.pred1[e_ref], weights)
+    return torch.stack((torch.ones((), device=s.device), s.reshape(()).float()))
 
 
 def apply_known_poses(

@@ -7,6 +7,7 @@ camera, ``FOCAL_BREAK * log(f)`` per focal and one similarity per pair. N views,
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import roma
@@ -14,7 +15,7 @@ import torch
 
 from core.geometry import signed_expm1, signed_log1p
 
-__all__ = ["BASE_SCALE", "FOCAL_BREAK", "RawParams", "pose_to_params", "decode", "flat_depth"]
+__all__ = ["BASE_SCALE", "FOCAL_BREAK", "RawParams", "pose_to_params", "pair_scales", "decode", "flat_depth"]
 
 #: Geometric mean of the pair scales when the world scale is free (reference ``base_scale``).
 BASE_SCALE = 0.5
@@ -50,6 +51,18 @@ class RawParams:
 def pose_to_params(poses: torch.Tensor) -> torch.Tensor:
     """(K, 4, 4) rigid world_from_cam -> (K, 7) pose parameters (quaternion XYZW, signed-log1p t)."""
     return torch.cat((roma.rotmat_to_unitquat(poses[:, :3, :3]), signed_log1p(poses[:, :3, 3])), dim=-1)
+
+
+def pair_scales(pw_poses: torch.Tensor, norm_pw_scale: bool) -> torch.Tensor:
+    """(E, 8) pair parameters -> (E,) the scale s_e each pair's points are multiplied by.
+
+    norm_pw_scale: the scales are normalised so that their geometric mean is ``BASE_SCALE``
+    (the world scale is free); else they are exp(log s) as stored.
+    """
+    scale = pw_poses[:, 7].exp()
+    if norm_pw_scale:
+        scale = scale * (math.log(BASE_SCALE) - pw_poses[:, 7].mean()).exp()
+    return scale
 
 
 def decode(
