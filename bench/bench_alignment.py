@@ -13,7 +13,7 @@ Rows (all start from the same initial parameters, same Adam settings):
                     to the gathered image points, log-confidence weights, autograd backward.
   baseline-stacked  BASELINE emulating the reference PointCloudOptimizer.forward: the same loss on
                     zero-padded stacked (E, max_area, 3) tensors gathered by pair index.
-  ours              core.alignment's optimisation loop (per-camera-frame residuals, chunked,
+  ours              core.alignment.optimizer's loop (per-camera-frame residuals, chunked,
                     hand-written per-pixel gradient).
   ours+early-stop   the same with cfg.early_stop=True (--es-tol/--es-patience/--es-anneal).
 
@@ -36,7 +36,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from config import AlignmentConfig  # noqa: E402
-from core import alignment as al  # noqa: E402
+from core.alignment.init import initialize  # noqa: E402
+from core.alignment.inputs import Inputs, prepare_inputs  # noqa: E402
+from core.alignment.optimizer import lr_at, optimize_from_raw  # noqa: E402
+from core.alignment.params import BASE_SCALE, FOCAL_BREAK, RawParams  # noqa: E402
 from core.geometry import signed_expm1  # noqa: E402
 from tests.core.synthetic_pairs import make_scene  # noqa: E402
 
@@ -50,7 +53,7 @@ def _decode_poses(p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return roma.unitquat_to_rotmat(q), signed_expm1(p[:, 4:7])
 
 
-def run_baseline(inp: al._Inputs, raw: al._RawParams, cfg: AlignmentConfig, *, stacked: bool) -> tuple[float, float]:
+def run_baseline(inp: Inputs, raw: RawParams, cfg: AlignmentConfig, *, stacked: bool) -> tuple[float, float]:
     """Reference-style optimisation of the same loss; returns (seconds, final loss)."""
     shapes = inp.shapes
     areas = [h_ * w_ for h_, w_ in shapes]
@@ -90,11 +93,11 @@ def run_baseline(inp: al._Inputs, raw: al._RawParams, cfg: AlignmentConfig, *, s
 
     def forward() -> torch.Tensor:
         rot_e, t_e = _decode_poses(pw)
-        scale = pw[:, 7].exp() * (math.log(al.BASE_SCALE) - pw[:, 7].mean()).exp()
+        scale = pw[:, 7].exp() * (math.log(BASE_SCALE) - pw[:, 7].mean()).exp()
         rot_e = rot_e * scale[:, None, None]
         t_e = t_e * scale[:, None]
         rot_i, t_i = _decode_poses(im_poses)
-        f = (focals / al.FOCAL_BREAK).exp()  # (N, 1)
+        f = (focals / FOCAL_BREAK).exp()  # (N, 1)
         d = depth.exp()[..., None]
         cam = torch.cat((d * (grid - pp[:, None]) / f[:, :, None], d), -1)  # (N, A, 3)
         world = torch.einsum("nij,naj->nai", rot_i, cam) + t_i[:, None]
@@ -115,7 +118,7 @@ def run_baseline(inp: al._Inputs, raw: al._RawParams, cfg: AlignmentConfig, *, s
     t0 = time.perf_counter()
     loss_f = float("nan")
     for it in range(cfg.niter):
-        lr = al._lr_at(cfg, it)
+        lr = lr_at(cfg, it)
         for g in opt.param_groups:
             g["lr"] = lr
         opt.zero_grad()
@@ -160,17 +163,17 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{'views':>5} {'pairs':>5} {'method':<17} {'seconds':>8} {'iters':>5} {'final loss':>12} {'vs ours':>8}")
     for n in args.views:
         preds, _ = make_scene([(h, w)] * n, seed=args.seed)
-        inp = al._prepare_inputs(preds, torch.device("cpu"))
+        inp = prepare_inputs(preds, torch.device("cpu"))
         t0 = time.perf_counter()
-        init = al._initialize(inp, cfg, None, {})
+        init = initialize(inp, cfg, None, {})
         t_init = time.perf_counter() - t0
         rows = []
         t0 = time.perf_counter()
-        res = al._optimize_from_raw(inp, init.raw, cfg)
+        res = optimize_from_raw(inp, init.raw, cfg)
         t_ours = time.perf_counter() - t0
         rows.append(("ours", t_ours, res.iterations, res.final_loss))
         t0 = time.perf_counter()
-        res_es = al._optimize_from_raw(inp, init.raw, cfg_es)
+        res_es = optimize_from_raw(inp, init.raw, cfg_es)
         rows.append(("ours+early-stop", time.perf_counter() - t0, res_es.iterations, res_es.final_loss))
         if not args.skip_baseline:
             kinds = ["loop", "stacked"] if args.baseline == "both" else [args.baseline]

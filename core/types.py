@@ -126,6 +126,8 @@ class PairPredictions:
     """P tensors (H_j, W_j, D): view-2 descriptors in view 2's own pixel grid, or None."""
     desc_conf_2: tuple[torch.Tensor, ...] | None = None
     """P tensors (H_j, W_j): confidence of ``desc_2``, or None."""
+    metric: bool = False
+    """True when the point maps are in metres (MASt3R); DUSt3R's are up to scale."""
 
     @property
     def n_views(self) -> int:
@@ -177,7 +179,8 @@ class PairPredictions:
         With descriptors (MASt3R fixture layout) ``pair{p}_pred{1,2}_desc``, ``pair{p}_pred{1,2}_desc_conf``.
         Extensions: ``name_k`` (0-d str) when names are known; ``original_size_k`` (2,) int64 (W, H)
         and ``original_from_processed_k`` (3, 3) float64 where they differ from the defaults
-        (processed size, identity), so a file without them reads back the same.
+        (processed size, identity), so a file without them reads back the same; ``metric`` (0-d bool
+        True) for metric predictions.
         """
         arrays: dict[str, np.ndarray] = {
             "pairs": self.pairs.numpy().astype(np.int64),
@@ -194,6 +197,8 @@ class PairPredictions:
                 arrays[f"original_size_{k}"] = np.array(self.original_sizes[k], dtype=np.int64)
             if not np.array_equal(self.original_from_processed[k], np.eye(3)):
                 arrays[f"original_from_processed_{k}"] = self.original_from_processed[k]
+        if self.metric:  # absent = not metric, so DUSt3R files keep the reference's exact key set
+            arrays["metric"] = np.array(True)
         for p in range(len(self.pts3d_1)):
             arrays[f"pair{p}_pred1_pts3d"] = self.pts3d_1[p].numpy()
             arrays[f"pair{p}_pred1_conf"] = self.conf_1[p].numpy()
@@ -260,6 +265,7 @@ class PairPredictions:
                 if f"original_from_processed_{k}" in keys:
                     maps[k] = np.asarray(data[f"original_from_processed_{k}"], dtype=np.float64).reshape(3, 3)
             descriptors = _load_descriptors(data, keys, pairs.shape[0])
+            metric = bool(data["metric"]) if "metric" in keys else False
         return cls(
             pairs=pairs,
             pts3d_1=tuple(fields["p1"]),
@@ -272,6 +278,7 @@ class PairPredictions:
             original_sizes=tuple(sizes.get(k, (w, h)) for k, (h, w) in enumerate(shapes)),
             original_from_processed=np.stack([maps.get(k, np.eye(3)) for k in range(n)]) if n else None,
             **descriptors,
+            metric=metric,
         )
 
 
@@ -355,6 +362,8 @@ class Scene:
     """Human-readable warnings (images that did not register, low confidence, ...)."""
     extra: dict = field(default_factory=dict)
     """Engine diagnostics (loss history, iterations run, ...), JSON-serialisable."""
+    units: str = "unknown"
+    """Unit of world coordinates and depths: "m" (metres) or "unknown" (up to scale)."""
 
     def __post_init__(self) -> None:
         n = len(self.images)
@@ -365,6 +374,8 @@ class Scene:
                 f"focals must be ({n},) and principal_points ({n}, 2), got "
                 f"{self.focals.shape} and {self.principal_points.shape}"
             )
+        if self.units not in ("m", "unknown"):
+            raise ValueError(f"units must be 'm' or 'unknown', got {self.units!r}")
         if not self.names:
             object.__setattr__(self, "names", tuple(f"image_{k}" for k in range(n)))
         if not self.original_sizes:

@@ -254,6 +254,7 @@ def _write_npz(scene: Scene, masks, path: Path) -> Path:
         "original_sizes": np.array(scene.original_sizes, np.int64).reshape(-1, 2),
         "original_from_processed": np.asarray(scene.original_from_processed, np.float64),
         "engine": np.array(scene.engine),
+        "units": np.array(scene.units),
     }
     for k, img in enumerate(scene.images):
         arrays[f"image_{k}"] = np.asarray(img, np.uint8)
@@ -421,8 +422,8 @@ def export_scene(
       ``principal_points`` (N,2), per view k ``image_k`` (H,W,3) uint8, ``depth_k`` (H,W),
       ``pts3d_k`` (H,W,3) world, ``conf_k`` (H,W) raw confidence, ``final_loss`` (NaN when the
       scene was not optimised); extras ``mask_k`` (export mask), ``names``, ``original_sizes``,
-      ``original_from_processed``, ``engine``. Sparse scenes: no depth/pts3d/conf/mask keys
-      (listed in ``missing_keys``), ``sparse_xyz``/``sparse_rgb``/``sparse_track_length``/
+      ``original_from_processed``, ``engine``, ``units`` ("m" or "unknown"). Sparse scenes: no
+      depth/pts3d/conf/mask keys (listed in ``missing_keys``), ``sparse_xyz``/``sparse_rgb``/``sparse_track_length``/
       ``sparse_reproj_error``/``sparse_mask`` instead.
     - ``depth``: ``depth/<stem>_depth.npy`` (float32 z-depth), ``depth/<stem>_depth.png``
       (uint16, depth * depth_png_scale, scale in depth/depth_png.json and cameras.json),

@@ -2,6 +2,7 @@
 
 Recipe of the reference's synth_ga.npz: smooth depth maps, 3-10 degree rotations, 0.3
 translations, a random scale per pair in [0.5, 2], relative noise, confidences 1 + exp(N(1.2, 0.6)).
+With ``metric=True`` and scales near 1 they stand for MASt3R's metric predictions.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ def make_scene(
     noise: float = 0.003,
     focals: list[float] | None = None,
     focal_bias: list[float] | None = None,
+    pair_scale: tuple[float, float] = (0.5, 2.0),
+    metric: bool = False,
 ) -> tuple[PairPredictions, dict]:
     """Consistent pair predictions (complete symmetric graph) for cameras with known poses/focals.
 
@@ -29,6 +32,10 @@ def make_scene(
     scale per pair in [0.5, 2], ``noise`` relative noise, confidences 1 + exp(N(1.2, 0.6)).
     focal_bias[i] != 1: every pair whose view 1 is image i is predicted as if camera i had a focal
     focal_bias[i] times the true one (x and y of that pair's points divided by the bias).
+    pair_scale: range of the random scale per pair; metric predictions of this scene (which is in
+    metres: depths about 2 m, cameras up to 0.3 m apart) have scales near 1, e.g. (0.98, 1.02)
+    with ``metric=True`` (the flag is passed to :class:`PairPredictions`). The same seed draws the
+    same random numbers whatever the range.
     """
     rng = np.random.default_rng(seed)
     n = len(sizes)
@@ -51,7 +58,7 @@ def make_scene(
     pairs += [(j, i) for i, j in pairs]
     p1, p2, c1, c2 = [], [], [], []
     for i, j in pairs:
-        scale = rng.uniform(0.5, 2.0)
+        scale = rng.uniform(*pair_scale)
         i_from_j = np.linalg.inv(cams[i]) @ cams[j]
         a = pts_cam[i] * scale
         b = (pts_cam[j] @ i_from_j[:3, :3].T + i_from_j[:3, 3]) * scale
@@ -71,5 +78,6 @@ def make_scene(
         pts3d_2=tuple(p2),
         conf_2=tuple(c2),
         true_shapes=tuple(sizes),
+        metric=metric,
     )
     return preds, {"world_from_cam": np.stack(cams), "focals": np.array(fs), "depths": depths}

@@ -1,4 +1,4 @@
-"""Tests for core/alignment.py: reference fixtures (tests/fixtures/README.md tolerances) and
+"""Tests for core/alignment/: reference fixtures (tests/fixtures/README.md tolerances) and
 synthetic scenes with known cameras."""
 
 from __future__ import annotations
@@ -13,8 +13,12 @@ import roma
 import torch
 
 from config import AlignmentConfig
-from core import alignment as al
 from core.alignment import AlignmentCancelled, AlignmentError, align
+from core.alignment.init import initialize, mst_init
+from core.alignment.inputs import prepare_inputs
+from core.alignment.loss import Problem, evaluate
+from core.alignment.optimizer import optimize_from_raw
+from core.alignment.params import RawParams, decode, flat_depth
 from core.types import PairPredictions, Scene
 from tests.core.synthetic_pairs import make_scene
 
@@ -47,8 +51,8 @@ def _fixture_cfg(d: np.lib.npyio.NpzFile, prefix: str) -> AlignmentConfig:
     )
 
 
-def _raw_from(d: np.lib.npyio.NpzFile, prefix: str) -> al._RawParams:
-    return al._RawParams(*(torch.from_numpy(d[prefix + k].astype(np.float32)) for k in RAW_KEYS))
+def _raw_from(d: np.lib.npyio.NpzFile, prefix: str) -> RawParams:
+    return RawParams(*(torch.from_numpy(d[prefix + k].astype(np.float32)) for k in RAW_KEYS))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -121,22 +125,22 @@ def _naive_loss(inp, logd_pad, im_poses, pw_poses, focal_param, *, norm_pw_scale
 @pytest.mark.parametrize("norm_pw_scale,shared_focal", [(True, False), (False, True)])
 def test_fast_loss_and_gradient_match_autograd(norm_pw_scale, shared_focal):
     preds, _ = make_scene([(24, 32), (32, 24), (16, 32)], seed=3)
-    inp = al._prepare_inputs(preds, torch.device("cpu"))
-    raw = al._initialize(inp, FAST, None, {}).raw
+    inp = prepare_inputs(preds, torch.device("cpu"))
+    raw = initialize(inp, FAST, None, {}).raw
     gen = torch.Generator().manual_seed(0)
     noisy = [t + 0.05 * torch.randn(t.shape, generator=gen) for t in (raw.im_depthmaps, raw.im_poses, raw.pw_poses)]
     focal = raw.im_focals.mean(0, keepdim=True) if shared_focal else raw.im_focals
-    prob = al._Problem(inp)
-    logd = al._flat_depth(noisy[0], prob.areas).requires_grad_(True)
+    prob = Problem(inp)
+    logd = flat_depth(noisy[0], prob.areas).requires_grad_(True)
     ours = [logd] + [t.clone().requires_grad_(True) for t in (noisy[1], noisy[2], focal)]
-    loss = al._evaluate(prob, *ours, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal, with_grad=True)
+    loss = evaluate(prob, *ours, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal, with_grad=True)
     ref = [noisy[0].clone().requires_grad_(True)] + [
         t.clone().requires_grad_(True) for t in (noisy[1], noisy[2], focal)
     ]
     ref_loss = _naive_loss(inp, *ref, norm_pw_scale=norm_pw_scale, shared_focal=shared_focal)
     ref_loss.backward()
     torch.testing.assert_close(loss, ref_loss.detach(), rtol=1e-5, atol=0)
-    ref_depth_grad = al._flat_depth(ref[0].grad, prob.areas)
+    ref_depth_grad = flat_depth(ref[0].grad, prob.areas)
     for mine, theirs in zip(
         [ours[0].grad] + [t.grad for t in ours[1:]], [ref_depth_grad] + [t.grad for t in ref[1:]], strict=True
     ):
@@ -160,8 +164,8 @@ def synth(fixtures_dir):
 def test_synth_ga_init_matches_reference(synth):
     d, preds = synth
     cfg = _fixture_cfg(d, "ga_")
-    inp = al._prepare_inputs(preds, torch.device("cpu"))
-    init = al._initialize(inp, cfg, None, {})
+    inp = prepare_inputs(preds, torch.device("cpu"))
+    init = initialize(inp, cfg, None, {})
     assert init.mst.edges == [tuple(e) for e in d["ga_mst_edges"].tolist()]
     np.testing.assert_allclose(init.mst.focals, d["ga_mst_focals"], rtol=1e-5)
     assert _rel(init.mst.poses, d["ga_mst_im_poses_cam2world"]) < 1e-4
@@ -169,13 +173,13 @@ def test_synth_ga_init_matches_reference(synth):
         assert _rel(init.mst.pts3d[k], d[f"ga_mst_pts3d_{k}"]) < 1e-4
     for key in RAW_KEYS:
         assert _rel(getattr(init.raw, key), d[f"ga_init_raw_{key}"]) < 1e-4, key
-    poses, focals, depths = al._decode(init.raw, inp.shapes)
+    poses, focals, depths = decode(init.raw, inp.shapes)
     assert _rel(poses, d["ga_init_im_poses"]) < 1e-4
     assert _rel(focals, d["ga_init_focals"]) < 1e-4
     for k in range(3):
         assert _rel(depths[k], d[f"ga_init_depthmap_{k}"]) < 1e-4
-    prob = al._Problem(inp)
-    opt0 = al._optimize_from_raw(inp, init.raw, dataclasses.replace(cfg, niter=0), problem=prob)
+    prob = Problem(inp)
+    opt0 = optimize_from_raw(inp, init.raw, dataclasses.replace(cfg, niter=0), problem=prob)
     np.testing.assert_allclose(opt0.final_loss, float(d["ga_init_loss"]), rtol=1e-4)
 
 
@@ -210,7 +214,7 @@ def test_synth_ga_end_to_end_matches_reference_and_ground_truth(synth):
 
 def test_synth_ga_loop_from_stored_init(synth):
     d, preds = synth
-    res = al._optimize_from_raw(preds, _raw_from(d, "ga_init_raw_"), _fixture_cfg(d, "ga_"))
+    res = optimize_from_raw(preds, _raw_from(d, "ga_init_raw_"), _fixture_cfg(d, "ga_"))
     np.testing.assert_allclose(res.final_loss, float(d["ga_final_loss"]), rtol=1e-3)
     for key in RAW_KEYS:
         assert _rel(getattr(res.raw, key), d[f"ga_raw_{key}"]) < 2e-3, key
@@ -244,12 +248,12 @@ def test_tiny_dpt_loop_from_stored_init_and_mst(fixtures_dir):
     d = np.load(fixtures_dir / "tiny_dpt_ga.npz")
     preds = PairPredictions.load_npz(fixtures_dir / "tiny_dpt_inference.npz")
     cfg = _fixture_cfg(d, "")
-    res = al._optimize_from_raw(preds, _raw_from(d, "init_raw_"), cfg)
+    res = optimize_from_raw(preds, _raw_from(d, "init_raw_"), cfg)
     np.testing.assert_allclose(res.loss_history, d["loss_history"], rtol=2e-3)
     np.testing.assert_allclose(res.lr_history, d["lr_history"], rtol=1e-6)
     for key in RAW_KEYS:
         assert _rel(getattr(res.raw, key), d[f"raw_{key}"]) < 2e-3, key
-    poses, focals, depths = al._decode(res.raw, preds.true_shapes)
+    poses, focals, depths = decode(res.raw, preds.true_shapes)
     assert _rel(poses, d["im_poses"]) < 2e-3
     assert _rel(focals, d["focals"]) < 2e-3
     for k in range(3):
@@ -324,9 +328,9 @@ def test_recovers_known_cameras(sizes):
 def test_stale_focal_quirk_is_reproduced_and_can_be_turned_off():
     sizes = [(24, 32), (32, 24), (24, 32), (32, 32), (16, 32)]
     preds, gt = make_scene(sizes, seed=5)
-    inp = al._prepare_inputs(preds, torch.device("cpu"))
-    quirk = al._mst_init(inp, 3.0, None, stale_focal=True).focals
-    fixed = al._mst_init(inp, 3.0, None, stale_focal=False).focals
+    inp = prepare_inputs(preds, torch.device("cpu"))
+    quirk = mst_init(inp, 3.0, None, stale_focal=True).focals
+    fixed = mst_init(inp, 3.0, None, stale_focal=False).focals
     # with the quirk some image gets exactly another image's estimate, far from its own focal
     assert len(set(quirk)) < len(quirk)
     assert np.abs(np.array(quirk) / gt["focals"] - 1).max() > 0.05
