@@ -350,6 +350,7 @@ def write_manifest(
             n_views=scene.n_views,
             images=_images_info(scene),
             warnings=list(scene.warnings),
+            units=scene.units,
             final_loss=scene.final_loss,
             engine_info=scene.extra,
             n_sparse_points=int(scene.sparse.xyz.shape[0]) if scene.sparse is not None else None,

@@ -6,9 +6,9 @@ import dataclasses
 
 import pytest
 
-import gradio_ui
 import main as cli
 import pipeline
+import ui_handlers
 from config import ENGINES, SETTINGS, AppConfig, InferenceConfig, apply_settings, current_value, settings_of
 from core.errors import SettingsError
 
@@ -44,11 +44,11 @@ def test_every_run_and_display_setting_is_a_cli_option_with_the_table_default() 
 
 
 def test_page_and_api_parameters_are_table_names() -> None:
-    assert set(gradio_ui.RUN_KEYS) | set(gradio_ui.DISPLAY_KEYS) <= set(SETTINGS)
-    assert set(gradio_ui.DISPLAY_KEYS) == {s.name for s in settings_of("display")}
-    widget = gradio_ui.setting_widget(AppConfig(), "niter", "Iterations", maximum=2000)
+    assert set(ui_handlers.RUN_KEYS) | set(ui_handlers.DISPLAY_KEYS) <= set(SETTINGS)
+    assert set(ui_handlers.DISPLAY_KEYS) == {s.name for s in settings_of("display")}
+    widget = ui_handlers.setting_widget(AppConfig(), "niter", "Iterations", maximum=2000)
     assert (widget.minimum, widget.maximum, widget.value, widget.info) == (0, 2000, 300, SETTINGS["niter"].help)
-    radio = gradio_ui.setting_widget(AppConfig(), "schedule", "Schedule")
+    radio = ui_handlers.setting_widget(AppConfig(), "schedule", "Schedule")
     assert [c[1] for c in radio.choices] == ["linear", "cosine"]
 
 

@@ -336,6 +336,7 @@ class _Runner:
             original_sizes=tuple(im.original_size for im in views),
             original_from_processed=np.stack([im.original_from_processed() for im in views]),
             **({f: tuple(out[k]) for k, f in _DESC_FIELDS.items()} if self.descriptors else {}),
+            metric=bool(getattr(self.model, "metric", False)),
         )
 
     def encode(self, views: list[InputImage], source: list[int]) -> Tokens:

@@ -227,6 +227,7 @@ def _cameras_json(
         "convention": _CONVENTION,
         "sizes": "[width, height] in pixels",
         "engine": scene.engine,
+        "units": scene.units,
         "final_loss": scene.final_loss,
         "n_images": scene.n_views,
         "dense": scene.pts3d is not None,
