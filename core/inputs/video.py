@@ -81,8 +81,7 @@ _EPS = 1e-6  # relative slack for frames exactly on an interval boundary
 
 
 class VideoError(ImageLoadError):
-    """A video that cannot be used (unreadable, no video stream, no frames, too long); the
-    message starts with the file name."""
+    """A video that cannot be used (unreadable, no video stream or frames, too long); message starts with its name."""
 
     title = "Bad video"
 
@@ -268,9 +267,10 @@ def _analysis_gray(frame: av.VideoFrame) -> np.ndarray:
     if frame.format.name in _LUMA8_FORMATS:
         plane = frame.planes[0]
         luma = np.frombuffer(plane, np.uint8).reshape(frame.height, plane.line_size)[:, : frame.width]
-    else:
-        luma = frame.reformat(format="gray").to_ndarray()
-    return _halved(luma, ANALYSIS_SIDE)
+        return _halved(luma, ANALYSIS_SIDE)
+    f = 2 ** max(0, math.ceil(math.log2(max(frame.width, frame.height) / ANALYSIS_SIDE)))  # as many halvings
+    gray = frame.reformat(width=frame.width // f, height=frame.height // f, format="gray", interpolation="AREA")
+    return gray.to_ndarray()
 
 
 def _clockwise_turns(frame: av.VideoFrame) -> int:

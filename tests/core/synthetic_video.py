@@ -99,6 +99,7 @@ def write_video(
     codec: str | None = None,
     quality: int = 16,
     faststart: bool = False,
+    pix_fmt: str = "yuv420p",
 ) -> Path:
     """Encode upright RGB frames ((H, W, 3) uint8, even sizes) into a video file.
 
@@ -107,13 +108,14 @@ def write_video(
     stored pictures are the upright ones turned so that the player's turn restores them.
     codec: default from the extension (H.264 in mp4/mov/m4v/mkv, VP8 in webm, MPEG-4 in avi).
     faststart: MP4/MOV index before the frames (a cut file still plays up to the cut).
+    pix_fmt: stored pixel format (``yuv420p10le``: 10-bit, as phones record HDR).
     """
     path = Path(path)
     codec = codec or _CODECS[path.suffix.lower()]
     turns = round(-rotation_ccw / 90) % 4  # np.rot90 turns counter-clockwise: undo the display turn
     with av.open(str(path), "w", options={"movflags": "faststart"} if faststart else None) as container:
         stream = container.add_stream(codec, rate=Fraction(fps).limit_denominator(1000))
-        stream.pix_fmt = "yuv420p"
+        stream.pix_fmt = pix_fmt
         # Encoder clock: 1 ms ticks for explicit times, else one tick per frame (AVI's only clock).
         tick = Fraction(1, 1000) if times_s is not None else 1 / Fraction(fps).limit_denominator(1000)
         stream.codec_context.time_base = tick  # the muxer picks the stream's own

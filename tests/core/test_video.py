@@ -181,6 +181,15 @@ def test_container_formats(tmp_path: Path, suffix: str, codec: str) -> None:
     assert result.info.codec == codec and result.info.duration_s == pytest.approx(3.0, abs=0.11)
 
 
+def test_ten_bit_video(tmp_path: Path) -> None:
+    frames = [coded_frame(i, blur_sigma=0 if i % 10 == 3 else 2.5) for i in range(20)]
+    video = write_video(tmp_path / "hdr.mp4", frames, fps=10, pix_fmt="yuv420p10le")
+    with av.open(str(video)) as container:
+        assert container.streams.video[0].codec_context.pix_fmt == "yuv420p10le"
+    assert _codes(sample_video(video, tmp_path / "a", EXACT)) == [0, 10]
+    assert _codes(sample_video(video, tmp_path / "b", VideoOptions(skip_static=False))) == [3, 13]
+
+
 def test_expand_inputs_keeps_order_and_separates_videos_with_one_name(tmp_path: Path) -> None:
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
