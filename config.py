@@ -402,6 +402,7 @@ _TABLE: tuple[tuple, ...] = (
     ("cyclic", "inference.cyclic", "input"),
     ("ref_image", "inference.ref_image", "input"),
     ("precision", "inference.precision", "input"),
+    ("descriptors", "inference.descriptors", "input"),
     ("matcher", "colmap.matcher", "input"),
     ("mapper", "colmap.mapper", "input"),
     ("save_pairs", "jobs.save_pairs", "input"),
