@@ -131,7 +131,7 @@ def test_pairs_npz_keeps_the_flag_and_scene_npz_says_the_unit(tmp_path, fixtures
     scene = align(loaded, dataclasses.replace(CFG, niter=20))
     assert scene.units == "m"
     out = export_scene(scene, None, tmp_path / "out", {"npz"}, post_cfg=PostprocessConfig(), viz_cfg=VizConfig())
-    with np.load(out["npz"]) as d:
+    with np.load(out.written["npz"]) as d:
         assert str(d["units"]) == "m"
     # files without the key (the reference's, older runs) are not metric
     assert PairPredictions.load_npz(fixtures_dir / "tiny_linear_inference.npz").metric is False
