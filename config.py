@@ -53,6 +53,7 @@ __all__ = [
     "parse_scene_graph",
     "format_scene_graph",
     "parse_focals",
+    "parse_scale_from",
 ]
 
 #: Short names of Naver's official checkpoints -> Hugging Face hub repo ids.
@@ -110,6 +111,30 @@ def parse_focals(text: str | float | tuple | None) -> tuple[float, ...] | None:
             f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}"
         ) from e
     return values or None
+
+
+def parse_scale_from(text: str) -> tuple[str, str, float] | None:
+    """``"a.jpg, b.jpg, 12.5"`` -> ``("a.jpg", "b.jpg", 12.5)`` (two image names and metres); empty -> None.
+
+    >>> parse_scale_from("a.jpg,b.jpg,12.5"), parse_scale_from("")
+    (('a.jpg', 'b.jpg', 12.5), None)
+    """
+    if not isinstance(text, str):
+        raise SettingsError(f"scale_from must be text 'nameA,nameB,metres', got {text!r}")
+    if not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        metres = float(parts[-1]) if len(parts) == 3 else math.nan
+    except ValueError:
+        metres = math.nan
+    if len(parts) != 3 or not parts[0] or not parts[1] or not (math.isfinite(metres) and metres > 0):
+        raise SettingsError(
+            f"scale_from must be 'nameA,nameB,metres' (two image names and a distance > 0 in metres), got {text!r}"
+        )
+    if parts[0] == parts[1]:
+        raise SettingsError(f"scale_from needs two different images, got {text!r}")
+    return parts[0], parts[1], metres
 
 
 # --------------------------------------------------------------------------------------------
@@ -257,6 +282,28 @@ class PostprocessConfig(Validated):
     """Outlier/object filters run on at most this many evenly sampled points; the rest follow their nearest sample."""
     colmap_max_points: int = num(100_000, 1)
     """Most 3D points written to the COLMAP model (evenly sampled from the kept points)."""
+    georeference: bool = True
+    """Use the photos' GPS (EXIF) to place the outputs on the map (UTM, metres) when 3+ photos with well-spread
+    GPS positions are in the scene; off = outputs stay in the scene's own frame."""
+    scale_from: str = ""
+    """Without GPS: a known distance between two cameras, 'nameA,nameB,metres' (image names), makes the outputs
+    metric; empty = units stay unknown."""
+    gps_inlier_m: float = num(10.0, above=0)
+    """A photo whose GPS position is farther than this (metres) from where the fit puts its camera is named
+    as disagreeing and left out of the fit."""
+    gps_min_spread_m: float = num(10.0, above=0)
+    """GPS positions must spread at least this far (metres, RMS distance from their centre) to georeference;
+    closer together, GPS noise would dominate the fit."""
+    dsm_cell: float = num(0.0, 0)
+    """Cell size of the DSM/DTM/ortho rasters in metres; 0 = from the point density."""
+    ground_filter: bool = True
+    """Classify ground points (cloth simulation filter, when the CSF package is installed) for the LAS
+    classes and the DTM."""
+    splat_max_points: int = num(1_000_000, 1)
+    """Most 3D points in the splat-ready COLMAP model (evenly sampled from the kept points)."""
+
+    def _extra_checks(self) -> None:
+        parse_scale_from(self.scale_from)
 
 
 @dataclass(frozen=True)
@@ -423,6 +470,10 @@ _TABLE: tuple[tuple, ...] = (
     ("show_cameras", "viz.show_cameras", "display"),
     ("cam_transparent", "viz.cam_transparent", "display"),
     ("cam_image", "viz.cam_image", "display"),
+    ("georeference", "postprocess.georeference", "display"),
+    ("scale_from", "postprocess.scale_from", "display"),
+    ("gps_inlier_m", "postprocess.gps_inlier_m", "display"),
+    ("dsm_cell", "postprocess.dsm_cell", "display"),
     ("host", "ui.host", "server"),
     ("port", "ui.port", "server"),
     ("share", "ui.share", "server"),

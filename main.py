@@ -246,8 +246,17 @@ def _write_outputs(result, cfg: AppConfig, formats: Sequence[str], out_dir: Path
 
 
 def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str:
+    from pipeline import read_manifest
+
     names = sorted({_rel(p, out_dir) for p in files.values()} | {"manifest.json"})
     lines = [f"wrote {out_dir}: {', '.join(names)} ({result.scene.n_views} views, {result.engine}, {total:.1f} s)"]
+    exports = read_manifest(result.job).get("exports") or {}
+    if (exports.get("georef") or {}).get("status") in ("gps", "scale"):
+        lines.append(exports["georef"]["summary"])
+    by_reason: dict[str, list[str]] = {}
+    for fmt, why in (exports.get("skipped") or {}).items():
+        by_reason.setdefault(why, []).append(fmt)
+    lines += [f"skipped {', '.join(fmts)}: {why}" for why, fmts in by_reason.items()]
     lines += [f"warning: {w}" for w in result.scene.warnings]
     return "\n".join(lines) + "\n"
 

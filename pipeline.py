@@ -35,6 +35,7 @@ from core.engines import Engine
 from core.engines import make_engines as _make_engines
 from core.engines.dust3r import Dust3rEngine, ModelStatus
 from core.errors import ImageLoadError, SettingsError
+from core.inputs.exif_gps import attach_gps, gps_from_manifest
 from core.inputs.preprocessing import list_image_files
 from core.jobs import (
     MANIFEST_FILE,
@@ -293,7 +294,7 @@ def reconstruct(
         clock("prepare", 0, 1)
         inputs = jobs.copy_inputs(paths, job) if job.copy_inputs else paths
         clock("prepare", 1, 1)
-        scene = eng.reconstruct(list(inputs), cfg, job.dir, clock)
+        scene = attach_gps(eng.reconstruct(list(inputs), cfg, job.dir, clock), inputs)  # EXIF GPS, by image name
         pairs = job.pairs_path if job.pairs_path.is_file() and cfg.jobs.save_pairs else None
         return scene, pairs, {"inputs": [str(p) for p in paths]}
 
@@ -328,6 +329,7 @@ def realign(
         device = resolve_device(cfg.model.device)
         clock("align", 0, cfg.alignment.niter)
         scene = dataclasses.replace(align(preds, cfg.alignment, device=device, progress=clock), **preds.view_info())
+        scene = gps_from_manifest(pairs_npz.parent / MANIFEST_FILE, scene)  # the GPS the original run recorded
         if preds.images is None:
             scene = _add_warnings(scene, [f"{pairs_npz.name} holds no images: the points are grey"])
         extra = {**scene.extra, "device": str(device), "n_pairs": int(preds.pairs.shape[0])}

@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from config import AppConfig, JobConfig
+from core.inputs.exif_gps import gps_records
 from core.types import ProgressFn, Scene
 
 __all__ = [
@@ -304,12 +305,14 @@ def write_json(path: Path, data: Mapping[str, Any]) -> None:
 
 def _images_info(scene: Scene) -> list[dict[str, Any]]:
     ofp = scene.original_from_processed
+    gps = gps_records(scene)
     return [
         {
             "name": scene.names[k],
             "processed_size": [int(scene.images[k].shape[1]), int(scene.images[k].shape[0])],
             "original_size": [int(v) for v in scene.original_sizes[k]],
             "original_from_processed": np.asarray(ofp[k]).tolist() if ofp is not None else None,
+            "gps": gps[k],
         }
         for k in range(scene.n_views)
     ]
@@ -332,9 +335,9 @@ def write_manifest(
     ``job_id``, ``created`` (UTC ISO time), ``status`` (``done``/``failed``), ``engine``,
     ``settings`` (the AppConfig as nested dicts), ``versions`` (:func:`library_versions`),
     ``timings_s`` (seconds per stage and ``total``), ``images`` (per view: name, processed and
-    original (W, H), processed->original 3x3), ``n_views``, ``warnings``, ``final_loss``,
-    ``engine_info`` (the scene's diagnostics), ``files`` (kind -> path relative to the job),
-    ``error`` (failed runs), plus ``extra``.
+    original (W, H), processed->original 3x3, ``gps`` {lat, lon, alt} from the EXIF or null),
+    ``n_views``, ``warnings``, ``final_loss``, ``engine_info`` (the scene's diagnostics), ``files``
+    (kind -> path relative to the job), ``error`` (failed runs), plus ``extra``.
     """
     data: dict[str, Any] = {
         "job_id": job.id,

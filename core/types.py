@@ -364,9 +364,17 @@ class Scene:
     """Engine diagnostics (loss history, iterations run, ...), JSON-serialisable."""
     units: str = "unknown"
     """Unit of world coordinates and depths: "m" (metres) or "unknown" (up to scale)."""
+    gps: np.ndarray | None = None
+    """(N, 3) float64 GPS position of each view's photo from its EXIF: latitude and longitude in degrees
+    (WGS 84), altitude in metres (as the EXIF states it, usually above mean sea level); NaN where the
+    photo has none (altitude alone may be NaN). None when not read (:mod:`core.inputs.exif_gps`)."""
 
     def __post_init__(self) -> None:
         n = len(self.images)
+        if self.gps is not None:
+            object.__setattr__(self, "gps", np.asarray(self.gps, dtype=np.float64))
+            if self.gps.shape != (n, 3):
+                raise ValueError(f"gps must be ({n}, 3) (lat, lon, alt), got {self.gps.shape}")
         if self.world_from_cam.shape != (n, 4, 4):
             raise ValueError(f"world_from_cam must be ({n}, 4, 4), got {self.world_from_cam.shape}")
         if self.focals.shape != (n,) or self.principal_points.shape != (n, 2):

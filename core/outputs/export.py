@@ -1,4 +1,5 @@
-"""Downloads: GLB, PLY, OBJ, a COLMAP model, cameras.json, depth/confidence maps, scene.npz, a zip.
+"""Downloads: GLB, PLY, OBJ, a COLMAP model, cameras.json, depth/confidence maps, scene.npz, GIS files
+(LAS/LAZ, DSM/DTM/ortho GeoTIFFs, georef.json), a splat-ready training folder, a zip.
 
 :func:`export_scene` writes the requested formats and returns an :class:`ExportResult` (what it
 wrote, what it skipped and why); it writes no manifest: the caller (the pipeline) records the
@@ -24,6 +25,14 @@ formats are skipped (the reason is logged and returned by :func:`skipped_formats
 ``sparse_*`` arrays instead of ``depth_k``/``pts3d_k``/``conf_k``, and the COLMAP model is the
 engine's own one (camera models, tracks) when it is still on disk (see
 :mod:`core.outputs.colmap_model`).
+
+Georeferencing (:mod:`core.outputs.georef`) is computed here, at export time, from the kept scene
+(its views' GPS, or ``post_cfg.scale_from``). When the scene is georeferenced or scaled, every
+world-frame file (PLY, OBJ, COLMAP, cameras.json, scene.npz, splat-ready) is written in the local
+metric frame (x east, y north, z up, metres; CRS coordinates = local + ``origin_offset`` in
+georef.json), the GLB stays in the first camera's frame (now in metres), and the GIS files
+(:mod:`core.outputs.gis`) are in the CRS. Without a georeference, ``las``, ``dsm`` and ``georef`` are
+skipped with the reason (e.g. how many photos carry GPS).
 """
 
 from __future__ import annotations
@@ -48,7 +57,10 @@ from core.outputs.colmap_model import (
     original_intrinsics,
     write_colmap,
 )
+from core.outputs.georef import Georef, georef_document, georef_summary, georeference, transform_scene
+from core.outputs.gis import las_unavailable, raster_unavailable, write_gis
 from core.outputs.postprocessing import PointSet, dense_maps, gather_points, point_masks, resolve_masks, sparse_mask
+from core.outputs.splat import SPLAT_DIR, write_splat_ready
 from core.outputs.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
 from core.types import Scene
 
@@ -56,6 +68,7 @@ __all__ = [
     "EXPORT_FORMATS",
     "COLMAP_DEPTH_TOL",
     "FRAMES",
+    "GIS_FORMATS",
     "ZIP_NAME",
     "ExportResult",
     "parse_formats",
@@ -72,10 +85,21 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("glb", "ply", "obj", "colmap", "json", "npz", "depth", "zip")
+EXPORT_FORMATS = ("glb", "ply", "obj", "colmap", "json", "npz", "depth", "las", "dsm", "georef", "splat-ready", "zip")
+GIS_FORMATS = ("las", "dsm", "georef")
+"""Formats that need a georeference (``georef`` also accepts a scale from ``scale_from``)."""
 ZIP_NAME = "reconstruction.zip"
 FRAMES = "GLB: first camera, OpenGL axes (y up, looking down -z); everything else: the scene's world frame"
 """Which frame each file is in (for manifests)."""
+_FRAMES_LOCAL = (
+    "GLB: first camera, OpenGL axes (y up, looking down -z), metres; pointcloud.las/.laz, dsm/dtm/ortho.tif: "
+    "the CRS of georef.json; everything else: the local frame (x east, y north, z up, metres; CRS coordinates "
+    "= local + georef.json origin_offset)"
+)
+_FRAMES_SCALED = (
+    "GLB: first camera, OpenGL axes (y up, looking down -z), metres; everything else: the scene's world frame "
+    "scaled to metres (georef.json: local_from_scene)"
+)
 _CONVENTION = (
     "Cameras: OpenCV axes (x right, y down, z forward). world_from_cam is the 4x4 camera-to-world "
     "matrix (x_world = world_from_cam @ x_cam), cam_from_world its inverse. World frame: the "
@@ -107,15 +131,30 @@ def parse_formats(text: str) -> set[str]:
     return set(items)
 
 
-def skipped_formats(scene: Scene, formats: set[str]) -> dict[str, str]:
+def skipped_formats(
+    scene: Scene, formats: set[str], *, post_cfg: PostprocessConfig | None = None, georef: Georef | None = None
+) -> dict[str, str]:
     """Requested formats this scene (or this installation) cannot produce -> the reason (empty
-    for dense scenes when pycolmap is installed)."""
+    for dense scenes with a georeference when every optional package is installed).
+
+    georef: the scene's georeference (default: :func:`core.outputs.georef.georeference` with ``post_cfg``,
+    default settings when None); without one ``las``, ``dsm`` and (no scale either) ``georef`` are skipped.
+    """
     reasons = {}
     if scene.pts3d is None:
         reasons["obj"] = f"no mesh: the {scene.engine!r} scene is sparse (no per-pixel depth maps to triangulate)"
         reasons["depth"] = f"no depth or confidence maps: the {scene.engine!r} scene is sparse"
     if (why := colmap_unavailable()) is not None:
-        reasons["colmap"] = why
+        reasons["colmap"] = reasons["splat-ready"] = why
+    if formats & set(GIS_FORMATS):
+        geo = georef if georef is not None else georeference(scene, post_cfg or PostprocessConfig())
+        if not geo.is_georeferenced:
+            reasons["las"] = reasons["dsm"] = geo.reason
+            if not geo.is_metric:
+                reasons["georef"] = geo.reason
+        for fmt, why in (("las", las_unavailable()), ("dsm", raster_unavailable())):
+            if why is not None:
+                reasons.setdefault(fmt, why)
     return {f: r for f, r in reasons.items() if f in formats}
 
 
@@ -199,7 +238,12 @@ def _write_depth(scene: Scene, out_dir: Path, stems: list[str]) -> tuple[float, 
 
 
 def _cameras_json(
-    scene: Scene, path: Path, depth_scale: float | None, depth_files: list[dict] | None, skipped: dict[str, str]
+    scene: Scene,
+    path: Path,
+    depth_scale: float | None,
+    depth_files: list[dict] | None,
+    skipped: dict[str, str],
+    geo: Georef | None = None,
 ) -> Path:
     intr = scene.intrinsics()
     k_orig = original_intrinsics(scene)
@@ -238,13 +282,16 @@ def _cameras_json(
         doc["depth_png_meaning"] = "depth = png_value / depth_png_scale; png_value 0 = invalid"
     if skipped:
         doc["missing"] = skipped
+    if geo is not None and geo.is_metric:
+        doc["world_frame"] = _FRAMES_LOCAL if geo.is_georeferenced else _FRAMES_SCALED
+        doc["georef"] = georef_summary(geo)
     if scene.warnings:
         doc["warnings"] = list(scene.warnings)
     path.write_text(json.dumps(doc, indent=2))
     return path
 
 
-def _write_npz(scene: Scene, masks, path: Path) -> Path:
+def _write_npz(scene: Scene, masks, path: Path, geo: Georef | None = None) -> Path:
     """scene.npz; see :func:`export_scene` for the keys."""
     arrays: dict[str, np.ndarray] = {
         "world_from_cam": scene.world_from_cam.astype(np.float32),
@@ -259,6 +306,11 @@ def _write_npz(scene: Scene, masks, path: Path) -> Path:
     }
     for k, img in enumerate(scene.images):
         arrays[f"image_{k}"] = np.asarray(img, np.uint8)
+    if scene.gps is not None:
+        arrays["gps"] = np.asarray(scene.gps, np.float64)
+    if geo is not None and geo.is_metric:
+        arrays["local_from_scene"] = geo.local_from_scene.matrix()
+        arrays["origin_offset"] = geo.origin_offset
     if scene.pts3d is not None:
         pts3d, depths, confs = dense_maps(scene, "scene.npz")
         for k in range(scene.n_views):
@@ -334,18 +386,29 @@ class ExportResult:
     """Requested format -> why it was not written (:func:`skipped_formats`)."""
     frames: str = FRAMES
     """Which frame the files are in."""
+    georef: Georef | None = None
+    """The scene's georeference used by this export (:func:`core.outputs.georef.georeference`)."""
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready ``{"written": {key: path relative to out_dir}, "skipped": {format: reason},
-        "frames": str}`` (what the export folder's manifest.json used to hold)."""
-        return {
+        "frames": str, "georef": {status, epsg, rmse_m, summary}}`` (what the export folder's
+        manifest.json used to hold, plus the georeference)."""
+        out: dict[str, Any] = {
             "written": {k: _arcname(p, self.out_dir) for k, p in self.written.items()},
             "skipped": dict(self.skipped),
             "frames": self.frames,
         }
+        if self.georef is not None:
+            out["georef"] = {
+                "status": self.georef.status,
+                "epsg": self.georef.epsg,
+                "rmse_m": self.georef.rmse_m,
+                "summary": georef_summary(self.georef),
+            }
+        return out
 
 
-def _plan(scene: Scene, formats: Iterable[str]) -> tuple[set[str], dict[str, str]]:
+def _plan(scene: Scene, formats: Iterable[str], geo: Georef) -> tuple[set[str], dict[str, str]]:
     """(formats to write, skipped format -> reason); ``zip`` means every format plus the zip."""
     formats = set(formats)
     unknown = formats - set(EXPORT_FORMATS)
@@ -353,7 +416,7 @@ def _plan(scene: Scene, formats: Iterable[str]) -> tuple[set[str], dict[str, str
         raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(EXPORT_FORMATS)}")
     if "zip" in formats:
         formats = set(EXPORT_FORMATS)
-    skipped = skipped_formats(scene, formats)
+    skipped = skipped_formats(scene, formats, georef=geo)
     for fmt, why in skipped.items():
         logger.info("export %s skipped: %s", fmt, why)
     return formats - set(skipped), skipped
@@ -381,7 +444,7 @@ def _write_geometry(scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg
 
 
 def _write_tables(
-    scene: Scene, masks, out_dir: Path, todo: set[str], skipped: Mapping[str, str], post_cfg, viz_cfg
+    scene: Scene, masks, out_dir: Path, todo: set[str], skipped: Mapping[str, str], post_cfg, viz_cfg, geo: Georef
 ) -> dict[str, Path]:
     """depth (+ maps), json and npz."""
     out: dict[str, Path] = {}
@@ -394,9 +457,30 @@ def _write_tables(
     if "json" in todo:
         if depth_scale is None and scene.pts3d is not None:
             depth_scale = depth_png_scale(scene)
-        out["json"] = _cameras_json(scene, out_dir / "cameras.json", depth_scale, depth_files, dict(skipped))
+        out["json"] = _cameras_json(scene, out_dir / "cameras.json", depth_scale, depth_files, dict(skipped), geo)
     if "npz" in todo:
-        out["npz"] = _write_npz(scene, masks, out_dir / "scene.npz")
+        out["npz"] = _write_npz(scene, masks, out_dir / "scene.npz", geo)
+    return out
+
+
+def _write_geo(scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg, geo: Georef) -> dict[str, Path]:
+    """las (+ laz), dsm (+ dtm, ortho), georef.json and splat-ready; ``scene`` already in the local frame."""
+    out: dict[str, Path] = {}
+    frames = _FRAMES_LOCAL if geo.is_georeferenced else _FRAMES_SCALED if geo.is_metric else FRAMES
+    if todo & {"las", "dsm"}:
+        files, notes = write_gis(scene, masks, geo, out_dir, todo & {"las", "dsm"}, post_cfg)
+        out.update(files)
+        for what, why in notes.items():
+            logger.info("%s not written: %s", what, why)
+    if "georef" in todo:
+        path = out_dir / "georef.json"
+        path.write_text(json.dumps(georef_document(geo, frames), indent=2))
+        out["georef"] = path
+    if "splat-ready" in todo:
+        units = "metres" if geo.is_metric else "unknown (the reconstruction's own scale)"
+        out["splat-ready"] = write_splat_ready(
+            scene, masks, out_dir / SPLAT_DIR, max_points=post_cfg.splat_max_points, units=units
+        )
     return out
 
 
@@ -423,25 +507,36 @@ def export_scene(
       ``principal_points`` (N,2), per view k ``image_k`` (H,W,3) uint8, ``depth_k`` (H,W),
       ``pts3d_k`` (H,W,3) world, ``conf_k`` (H,W) raw confidence, ``final_loss`` (NaN when the
       scene was not optimised); extras ``mask_k`` (export mask), ``names``, ``original_sizes``,
-      ``original_from_processed``, ``engine``, ``units`` ("m" or "unknown"). Sparse scenes: no
-      depth/pts3d/conf/mask keys (listed in ``missing_keys``), ``sparse_xyz``/``sparse_rgb``/``sparse_track_length``/
-      ``sparse_reproj_error``/``sparse_mask`` instead.
+      ``original_from_processed``, ``engine``, ``units`` ("m" or "unknown"). Sparse scenes: no depth/pts3d/conf/mask keys
+      (listed in ``missing_keys``), ``sparse_xyz``/``sparse_rgb``/``sparse_track_length``/
+      ``sparse_reproj_error``/``sparse_mask`` instead. With GPS: ``gps`` (N, 3) lat/lon/alt; when
+      metric: ``local_from_scene`` (4, 4) and ``origin_offset`` (3,).
     - ``depth``: ``depth/<stem>_depth.npy`` (float32 z-depth), ``depth/<stem>_depth.png``
       (uint16, depth * depth_png_scale, scale in depth/depth_png.json and cameras.json),
       ``depth/<stem>_conf.npy``; also key ``maps``: ``maps/`` with the gallery PNGs (input, depth
       and confidence maps with colourbars). Dense only.
+    - ``las``: ``pointcloud.las`` (LAS 1.4, CRS WKT, RGB, ground class) and, with lazrs, key ``laz``:
+      ``pointcloud.laz``; ``dsm``: ``dsm.tif`` plus keys ``dtm`` (ground classified) and ``ortho``
+      (:mod:`core.outputs.gis`); georeferenced scenes only.
+    - ``georef``: ``georef.json`` (:func:`core.outputs.georef.georef_document`); georeferenced or scaled.
+    - ``splat-ready``: ``splat-ready/`` (images, ``sparse/0``, ``transforms.json``; :mod:`core.outputs.splat`).
     - ``zip``: ``reconstruction.zip`` with all of the above.
 
     Raises ValueError for an unknown format or masks that do not fit the scene.
     """
-    todo, skipped = _plan(scene, formats)
+    geo = georeference(scene, post_cfg)
+    todo, skipped = _plan(scene, formats, geo)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if masks is None:
         masks = point_masks(scene, post_cfg) if scene.pts3d is not None else sparse_mask(scene, post_cfg)
     masks = resolve_masks(scene, masks)
+    if geo.is_metric:  # every world-frame file in the local metric frame (masks are per pixel/point: unchanged)
+        scene = transform_scene(scene, geo.local_from_scene)
     written = _write_geometry(scene, masks, out_dir, todo, post_cfg, viz_cfg)
-    written.update(_write_tables(scene, masks, out_dir, todo, skipped, post_cfg, viz_cfg))
+    written.update(_write_tables(scene, masks, out_dir, todo, skipped, post_cfg, viz_cfg, geo))
+    written.update(_write_geo(scene, masks, out_dir, todo, post_cfg, geo))
     if "zip" in todo:
         written["zip"] = _write_zip(out_dir, list(written.values()), out_dir / ZIP_NAME)
-    return ExportResult(out_dir=out_dir, written=written, skipped=skipped)
+    frames = _FRAMES_LOCAL if geo.is_georeferenced else _FRAMES_SCALED if geo.is_metric else FRAMES
+    return ExportResult(out_dir=out_dir, written=written, skipped=skipped, frames=frames, georef=geo)

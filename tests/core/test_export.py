@@ -20,6 +20,7 @@ from core.engines.colmap import original_from_display
 from core.outputs.colmap_model import colmap_reconstruction
 from core.outputs.export import (
     EXPORT_FORMATS,
+    GIS_FORMATS,
     add_to_zip,
     cam_from_world_qt,
     colmap_intrinsics,
@@ -69,9 +70,10 @@ def test_parse_formats():
 def test_export_writes_every_format_and_zips_them(exported):
     result, out_dir = exported
     out = result.written
-    assert set(out) == set(EXPORT_FORMATS) | {"maps"}
+    # issue 17: the GIS formats are part of "all" and skipped with a reason when the scene has no GPS
+    assert set(out) == (set(EXPORT_FORMATS) - set(GIS_FORMATS)) | {"maps"}
     manifest = result.describe()
-    assert manifest["skipped"] == {} and manifest["written"]["zip"] == "reconstruction.zip"
+    assert set(manifest["skipped"]) == set(GIS_FORMATS) and manifest["written"]["zip"] == "reconstruction.zip"
     assert not (out_dir / "manifest.json").exists()  # the pipeline writes the job's manifest
     on_disk = {p.relative_to(out_dir).as_posix() for p in out_dir.rglob("*") if p.is_file()}
     with zipfile.ZipFile(out["zip"]) as zf:
@@ -281,9 +283,12 @@ def test_sparse_scene_exports(tmp_path):
     keep = sparse_mask(scene, POST)
     result = export_scene(scene, None, tmp_path, {"zip"}, post_cfg=POST, viz_cfg=VIZ)
     out = result.written
-    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "zip"}
+    assert set(out) == {"glb", "ply", "colmap", "json", "npz", "zip", "splat-ready"}  # + splat-ready (issue 17)
     reasons = skipped_formats(scene, set(EXPORT_FORMATS))
+    gis = {f: reasons.pop(f) for f in GIS_FORMATS}  # issue 17: no GPS, no GIS files
+    assert all("GPS" in r for r in gis.values())
     assert set(reasons) == {"obj", "depth"} and all("sparse" in r for r in reasons.values())
+    reasons.update(gis)
     assert result.skipped == reasons and result.describe()["skipped"] == reasons
     assert json.loads(out["json"].read_text())["missing"] == reasons
     assert not (tmp_path / "mesh.obj").exists() and not (tmp_path / "depth").exists()
@@ -310,8 +315,8 @@ def test_export_returns_written_and_skipped_and_writes_no_manifest(tmp_path):
     scene, _ = make_sparse_scene()
     keep = sparse_mask(scene, POST)
     result = export_scene(scene, keep, tmp_path, {"ply", "obj", "depth", "zip"}, post_cfg=POST, viz_cfg=VIZ)
-    assert set(result.skipped) == {"obj", "depth"} and result.out_dir == tmp_path
-    assert set(result.written) == {"glb", "ply", "colmap", "json", "npz", "zip"}
+    assert set(result.skipped) == {"obj", "depth", *GIS_FORMATS} and result.out_dir == tmp_path  # + GIS (issue 17)
+    assert set(result.written) == {"glb", "ply", "colmap", "json", "npz", "zip", "splat-ready"}
     assert all(p.exists() and p.is_relative_to(tmp_path) for p in result.written.values())
     assert not list(tmp_path.rglob("manifest.json"))
     doc = result.describe()
