@@ -25,13 +25,14 @@ from core.outputs.tsdf import (
     ProjectedView,
     TSDFVolume,
     closed_field,
+    lookup,
     pixel_index,
     projected_view,
     resolve_depth_masks,
 )
 from core.types import Scene
 
-__all__ = ["SURFACE_FILES", "extract_surface", "vertex_colors", "write_surface"]
+__all__ = ["SURFACE_FILES", "extract_surface", "vertex_colors", "obj_text", "write_surface"]
 
 logger = logging.getLogger(__name__)
 
@@ -74,12 +75,13 @@ def _marching_cubes(volume: TSDFVolume) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _color_view(scene: Scene, k: int, keep: np.ndarray, device) -> tuple[ProjectedView, torch.Tensor]:
-    """View k with a table (depth, kept 0/1, confidence) and its (H * W + 1, 3) float32 RGB."""
+    """View k with a table (depth, confidence where kept else 0) and its padded ((H + 2) * (W + 2),
+    3) float32 RGB."""
     assert scene.depths is not None and scene.conf is not None
     depth = np.nan_to_num(np.asarray(scene.depths[k], np.float32), nan=np.inf)
     conf = np.maximum(np.nan_to_num(np.asarray(scene.conf[k], np.float32), nan=0.0, posinf=0.0), 1e-3)
-    view = projected_view(scene, k, [depth, keep, conf], [np.inf, 0.0, 0.0], device)
-    rgb = np.concatenate([np.asarray(scene.images[k]).reshape(-1, 3), np.zeros((1, 3))]).astype(np.float32)
+    view = projected_view(scene, k, depth, np.where(keep, conf, 0.0), device)
+    rgb = np.pad(np.asarray(scene.images[k], np.float32), ((1, 1), (1, 1), (0, 0))).reshape(-1, 3)
     return view, torch.from_numpy(rgb).to(device)
 
 
@@ -114,9 +116,9 @@ def vertex_colors(
                 proj = torch.as_tensor(view.proj, dtype=torch.float32, device=dev)
                 q = xyz @ proj[:, :3].T + proj[:, 3]  # (M, 3): u z, v z, z
                 z, idx = pixel_index(view, [q[:, 0], q[:, 1], q[:, 2]])
-                look = torch.index_select(view.table, 0, idx)  # (M, 3)
+                look = lookup(view, idx)  # (M, 2): depth, confidence (0 where not kept)
                 vis = (look[:, 1] > 0) & ((look[:, 0] - z).abs() < tolerance)
-                w = torch.where(vis, look[:, 2], 0.0)
+                w = torch.where(vis, look[:, 1], 0.0)
                 acc += w[:, None] * torch.index_select(rgb, 0, idx)
                 den += w
             out[start : start + len(xyz)] = (acc / den.clamp_min(1e-12)[:, None]).cpu().numpy()
@@ -163,7 +165,7 @@ def extract_surface(
     if max_faces and max_faces < 100:
         raise SettingsError(f"max_faces must be 0 or >= 100, got {max_faces}")
     verts, faces = _marching_cubes(volume)
-    mesh = trimesh.Trimesh(verts, faces, process=True)
+    mesh = trimesh.Trimesh(verts, faces, process=True)  # merges the duplicates of degenerate faces
     mesh.update_faces(mesh.nondegenerate_faces())
     mesh.remove_unreferenced_vertices()
     if max_faces:
@@ -171,10 +173,26 @@ def extract_surface(
     tol = 2.0 * volume.grid.voxel_size
     rgb = vertex_colors(mesh.vertices, scene, masks, tolerance=tol, device=device)
     mesh.visual.vertex_colors = np.concatenate([rgb, np.full((len(rgb), 1), 255, np.uint8)], 1)
-    logger.debug(
-        "surface: %d vertices, %d faces, watertight=%s", len(mesh.vertices), len(mesh.faces), mesh.is_watertight
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        logger.debug(
+            "surface: %d vertices, %d faces, closed=%s", len(mesh.vertices), len(mesh.faces), mesh.is_watertight
+        )
     return mesh
+
+
+def obj_text(vertices: np.ndarray, faces: np.ndarray, colors: np.ndarray, header: str = "") -> str:
+    """Wavefront OBJ text of a coloured triangle mesh: ``v x y z r g b`` (colours in 0..1) and
+    1-based ``f a b c``. vertices (V, 3) float, faces (F, 3) int (0-based), colors (V, 3) uint8."""
+    vertices, faces, colors = np.asarray(vertices, np.float64), np.asarray(faces), np.asarray(colors)
+    if vertices.ndim != 2 or vertices.shape[1] != 3 or colors.shape != vertices.shape or faces.shape[1:] != (3,):
+        raise ValueError(
+            f"expected vertices (V, 3), colors (V, 3), faces (F, 3), got {vertices.shape}, {colors.shape}, {faces.shape}"
+        )
+    rows = np.concatenate([vertices, colors.astype(np.float64) / 255.0], 1)
+    head = "".join(f"# {line}\n" for line in header.splitlines())
+    v = ("v %.6f %.6f %.6f %.4f %.4f %.4f\n" * len(rows)) % tuple(rows.ravel().tolist())
+    f = ("f %d %d %d\n" * len(faces)) % tuple((faces.astype(np.int64) + 1).ravel().tolist())
+    return head + v + f
 
 
 def write_surface(
@@ -187,17 +205,15 @@ def write_surface(
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = {fmt: out_dir / name for fmt, name in SURFACE_FILES.items()}
     paths["ply"].write_bytes(trimesh.exchange.ply.export_ply(mesh, encoding="binary", vertex_normal=False))
-    text = trimesh.exchange.obj.export_obj(
-        mesh,
-        include_normals=False,
-        include_color=True,
-        include_texture=False,
-        digits=6,
-        header="dust3r-studio fused surface, world frame (OpenCV axes)",
-    )
-    paths["obj"].write_text(text)
-    glb_mesh = mesh.copy()
+    rgba = np.asarray(mesh.visual.vertex_colors, np.uint8)
+    header = "dust3r-studio fused surface, world frame (OpenCV axes)"
+    paths["obj"].write_text(obj_text(mesh.vertices, mesh.faces, rgba[:, :3], header))
+    vertices, faces = np.asarray(mesh.vertices), np.asarray(mesh.faces)
     if glb_from_world is not None:
-        glb_mesh.apply_transform(np.asarray(glb_from_world, np.float64))
+        mat = np.asarray(glb_from_world, np.float64)
+        vertices = vertices @ mat[:3, :3].T + mat[:3, 3]
+        if np.linalg.det(mat[:3, :3]) < 0:  # a mirror: keep the normals outward
+            faces = faces[:, ::-1]
+    glb_mesh = trimesh.Trimesh(vertices, faces, vertex_colors=rgba, process=False, validate=False)
     paths["glb"].write_bytes(trimesh.exchange.gltf.export_glb(trimesh.Scene(glb_mesh)))
     return paths

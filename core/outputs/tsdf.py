@@ -16,8 +16,10 @@ result (no seams). Every voxel centre ``x`` is projected into every view k with 
 and ``sdf = depth(pixel) - z_cam(x)`` (positive in front of the observed surface). Then:
 
 - a **kept** pixel observes the voxel when ``sdf > -trunc``: value ``clamp(sdf / trunc, -1, 1)``,
-  weight its raw confidence (free space in front of the surface is +1, the band up to ``trunc``
-  behind it negative); farther behind, the voxel is **hidden** by that view;
+  weight its raw confidence times the cosine between its ray and the surface normal of the depth
+  map (clipped to 0.1..1, so grazing and silhouette pixels count less); free space in front of the
+  surface is +1, the band up to ``trunc`` behind it negative; farther behind, the voxel is
+  **hidden** by that view;
 - a pixel **not kept** (low confidence, filtered out, background, sky, no depth) only carves free
   space: value +1, weight ``carve_weight``, for voxels more than ``trunc`` in front of the smallest
   depth in a ``carve_window`` square around it (no depth: the whole ray), so that an isolated stray
@@ -36,8 +38,8 @@ observations inside a solid); a voxel without observations has weight 0. Two mod
   nothing is invented where nothing was seen (the surface stays open).
 
 Memory (:func:`fusion_memory_bytes`): the output takes 9 bytes per voxel (float32 tsdf and weight,
-bool hidden; 151 MB at 256^3), each view a (H * W + 1, 3) float32 lookup table, and one block about
-120 bytes per voxel of temporaries (31 MB for the default 2^18 voxels), all on the fusion device.
+bool hidden; 151 MB at 256^3), each view a (H + 2) * (W + 2) float64 lookup table, and one block
+about 120 bytes per voxel of temporaries (31 MB for the default 2^18 voxels), all on the fusion device.
 The returned :class:`TSDFVolume` is on the CPU.
 """
 
@@ -68,6 +70,7 @@ __all__ = [
     "fusion_memory_bytes",
     "ProjectedView",
     "projected_view",
+    "lookup",
     "pixel_index",
     "fuse_tsdf",
     "closed_field",
@@ -102,7 +105,7 @@ class SurfaceOptions:
     truncation_voxels: float = 3.0
     """TSDF truncation distance in voxels (1..16)."""
     chunk_voxels: int = 1 << 18
-    """Voxels fused per chunk (4096..2^24): bounds the temporary memory (about 100 B per voxel)."""
+    """Voxels fused per chunk (4096..2^24): bounds the temporary memory (about 120 B per voxel)."""
     carve_weight: float = 1.0
     """Weight of a free-space observation from a pixel that is not kept (0..100; 0: no carving)."""
     carve_window: int = 5
@@ -264,44 +267,52 @@ def grid_around(points: np.ndarray, opts: SurfaceOptions) -> VoxelGrid:
 
 def fusion_memory_bytes(grid: VoxelGrid, n_pixels: int, chunk_voxels: int) -> int:
     """Peak device memory of :func:`fuse_tsdf` in bytes: the output (9 B per voxel: tsdf, weight,
-    hidden), the lookup tables (12 B per pixel) and one chunk's temporaries (about 120 B per voxel)."""
-    return 9 * grid.n_voxels + 12 * n_pixels + 120 * min(chunk_voxels, grid.n_voxels)
+    hidden), the lookup tables (8 B per pixel) and one chunk's temporaries (about 120 B per voxel)."""
+    return 9 * grid.n_voxels + 8 * n_pixels + 120 * min(chunk_voxels, grid.n_voxels)
 
 
 @dataclass(frozen=True)
 class ProjectedView:
-    """One view on the fusion device: its projection and a per-pixel lookup table."""
+    """One view on the fusion device: its projection and a per-pixel lookup table of two values."""
 
     proj: np.ndarray
     """(3, 4) float64 K @ cam_from_world: world point (x, y, z, 1) -> (u z, v z, z)."""
     height: int
     width: int
     table: torch.Tensor
-    """(H * W + 1, C) float32 row-major pixels, then one sentinel row for points outside the image."""
+    """((H + 2) * (W + 2),) float64: each entry packs two float32 values of one pixel (see
+    :func:`lookup`), row-major over the image padded with a one-pixel border of zeros, where
+    points outside the image or behind the camera land."""
 
 
-def projected_view(scene: Scene, k: int, columns: list[np.ndarray], sentinel: list[float], device) -> ProjectedView:
-    """Stack (H, W) per-pixel columns of view k into its lookup table (plus the sentinel row)."""
-    table = np.stack([np.asarray(c, np.float32).ravel() for c in columns], 1)
-    table = np.concatenate([table, np.asarray([sentinel], np.float32)])
+def projected_view(scene: Scene, k: int, first: np.ndarray, second: np.ndarray, device) -> ProjectedView:
+    """View k with the (H, W) per-pixel values ``first`` and ``second`` packed in its table."""
+    h, w = first.shape
+    pair = np.zeros((h + 2, w + 2, 2), np.float32)
+    pair[1:-1, 1:-1, 0], pair[1:-1, 1:-1, 1] = first, second
+    table = torch.from_numpy(pair.reshape(-1, 2)).to(device).view(torch.float64).reshape(-1)
     proj = scene.intrinsics()[k] @ np.linalg.inv(scene.world_from_cam[k].astype(np.float64))[:3]
-    h, w = columns[0].shape
-    return ProjectedView(proj=proj, height=h, width=w, table=torch.from_numpy(table).to(device))
+    return ProjectedView(proj=proj, height=h, width=w, table=table)
 
 
-def _fusion_view(scene: Scene, k: int, keep: np.ndarray, opts: SurfaceOptions, trunc: float, device) -> ProjectedView:
-    """View k's table (effective depth, lowest sdf observed, weight): kept pixels observe from
-    -trunc on, the others only carve (from +trunc on, in front of the window's smallest depth)."""
+def lookup(view: ProjectedView, idx: torch.Tensor) -> torch.Tensor:
+    """The two values of table entries ``idx`` (M,) int64 -> (M, 2) float32."""
+    return torch.index_select(view.table, 0, idx).view(torch.float32).view(-1, 2)
+
+
+def _fusion_view(scene: Scene, k: int, keep: np.ndarray, opts: SurfaceOptions, device) -> ProjectedView:
+    """View k's table (effective depth, signed weight): kept pixels (weight > 0: confidence x
+    incidence cosine) observe, the others (weight -carve_weight) only carve, in front of the
+    smallest depth of their window."""
     assert scene.depths is not None and scene.conf is not None
     depth = np.asarray(scene.depths[k], np.float32)
     finite = np.where(np.isfinite(depth) & (depth > 0), depth, np.inf).astype(np.float32)
     carve = ndimage.minimum_filter(finite, size=opts.carve_window, mode="nearest")
     conf = np.nan_to_num(np.asarray(scene.conf[k], np.float32), nan=0.0, posinf=0.0)
     eff = np.where(keep, finite, carve)
-    lo = np.where(keep, -trunc, trunc)
     cos = _incidence_cosine(finite, float(scene.focals[k]), scene.principal_points[k])
-    w = np.where(keep, np.maximum(conf, 1e-3) * np.clip(cos, 0.1, 1.0), opts.carve_weight)
-    return projected_view(scene, k, [eff, lo, w], [0.0, np.inf, 0.0], device)
+    signed_w = np.where(keep, np.maximum(conf, 1e-3) * np.clip(cos, 0.1, 1.0), -opts.carve_weight)
+    return projected_view(scene, k, eff, signed_w, device)
 
 
 def _incidence_cosine(depth: np.ndarray, focal: float, pp: np.ndarray) -> np.ndarray:
@@ -318,15 +329,15 @@ def _incidence_cosine(depth: np.ndarray, focal: float, pp: np.ndarray) -> np.nda
 
 
 def pixel_index(view: ProjectedView, q: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Projected points q = [u z, v z, z] (each (M,) float32) -> z (M,) and the nearest pixel's
-    table row (M,) int64 (the sentinel row H * W when behind the camera or outside the image)."""
+    """Projected points q = [u z, v z, z] (each (M,) float32) -> z (M,) and the table entry (M,)
+    int64 of the nearest pixel (the zero border when outside the image or behind the camera)."""
     z = q[2]
-    zs = z.clamp_min(1e-12)
-    u, v = q[0] / zs, q[1] / zs
-    inside = (z > 1e-9) & (u > -0.5) & (u < view.width - 0.5) & (v > -0.5) & (v < view.height - 0.5)
-    u = torch.where(inside, u + 0.5, 0.0).long()
-    v = torch.where(inside, v + 0.5, 0.0).long()
-    return z, torch.where(inside, v * view.width + u, view.height * view.width)
+    front = z > 1e-9
+    recip = torch.reciprocal(z)
+    # pixel u covers [u - 0.5, u + 0.5); in the padded table it is column u + 1 = floor(u + 1.5)
+    u = torch.where(front, q[0] * recip, -10.0).add_(1.5).clamp_(0, view.width + 1).long()
+    v = torch.where(front, q[1] * recip, -10.0).add_(1.5).clamp_(0, view.height + 1).long()
+    return z, v.mul_(view.width + 2).add_(u)
 
 
 def _block_projection(
@@ -360,26 +371,23 @@ def _fuse_block(
     device,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Fuse one grid block: tsdf (M,) float32, weight (M,) float32, hidden (M,) bool (C order)."""
-    num = den = occ = hid = None
+    m = (block[1] - block[0]) * (block[3] - block[2]) * grid.shape[2]
+    num, den, occ = (torch.zeros(m, dtype=torch.float32, device=device) for _ in range(3))
+    hid = torch.zeros(m, dtype=torch.int16, device=device)
     for view in views:
         z, idx = pixel_index(view, _block_projection(view, grid, block, device))
-        look = torch.index_select(view.table, 0, idx)  # (M, 3)
-        sdf, lo, w = look[:, 0] - z, look[:, 1], look[:, 2]
-        use = sdf > lo
-        behind = (sdf <= lo) & (lo < 0)  # hidden behind a kept surface, beyond the truncation
-        terms = (
-            torch.where(use, w * (sdf / trunc).clamp(-1.0, 1.0), 0.0),
-            torch.where(use, w, 0.0),
-            torch.where(behind, w, 0.0),
-            behind.to(torch.float32),
-        )
-        if num is None:
-            num, den, occ, hid = terms
-        else:
-            num, den, occ, hid = num + terms[0], den + terms[1], occ + terms[2], hid + terms[3]
-    assert num is not None and den is not None and occ is not None and hid is not None
+        look = lookup(view, idx)  # (M, 2): effective depth, signed weight (0 outside the image)
+        sdf = look[:, 0] - z
+        kept = look[:, 1] > 0
+        w = look[:, 1].abs()
+        w_obs = w * (sdf > torch.where(kept, -trunc, trunc))  # kept: from -trunc on; others: free only
+        behind = kept & (sdf <= -trunc)  # hidden behind a kept surface, beyond the truncation
+        num.addcmul_(w_obs, sdf.div_(trunc).clamp_(-1.0, 1.0))
+        den.add_(w_obs)
+        occ.add_(w * behind)
+        hid.add_(behind)
     den = torch.where(ratio * occ > den, 0.0, den)  # too little evidence against what hides it
-    return torch.where(den > 0, num / den.clamp_min(1e-12), 1.0), den, hid >= min_hidden - 0.5
+    return torch.where(den > 0, num / den.clamp_min(1e-12), 1.0), den, hid >= min_hidden
 
 
 def _blocks(shape: tuple[int, int, int], chunk_voxels: int) -> list[tuple[int, int, int, int]]:
@@ -416,7 +424,7 @@ def fuse_tsdf(
         grid = grid_around(kept_points(scene, keep), opts)
     dev = torch.device(device) if device is not None else torch.device("cpu")
     trunc = opts.truncation_voxels * grid.voxel_size
-    views = [_fusion_view(scene, k, m, opts, trunc, dev) for k, m in enumerate(keep)]
+    views = [_fusion_view(scene, k, m, opts, dev) for k, m in enumerate(keep)]
     min_hidden = min(opts.min_hidden_views, len(views))
     tsdf = torch.empty(grid.shape, dtype=torch.float32, device=dev)
     weight = torch.empty_like(tsdf)
@@ -453,7 +461,7 @@ def closed_field(volume: TSDFVolume) -> np.ndarray:
     cavities under ``volume.min_component_voxels`` voxels flipped. Its zero level set is closed;
     ``closed_field(v) < 0`` is the solid occupancy.
     """
-    field = np.where(volume.weight > 0, volume.tsdf, np.where(volume.hidden, -1.0, 1.0)).astype(np.float32)
+    field = np.where(volume.weight > 0, volume.tsdf, 1.0 - 2.0 * volume.hidden).astype(np.float32)
     field[[0, -1], :, :] = 1.0
     field[:, [0, -1], :] = 1.0
     field[:, :, [0, -1]] = 1.0

@@ -146,7 +146,7 @@ def test_grid_from_resolution_and_voxel_size():
     assert grid_around(pts, SurfaceOptions(voxel_size=0.1)).shape[0] == 21 + 2 * pad
     with pytest.raises(SettingsError, match="voxel limit"):
         grid_around(pts, SurfaceOptions(voxel_size=1e-4))
-    assert fusion_memory_bytes(grid, 1000, 1 << 18) == 9 * grid.n_voxels + 12 * 1000 + 120 * grid.n_voxels
+    assert fusion_memory_bytes(grid, 1000, 1 << 18) == 9 * grid.n_voxels + 8 * 1000 + 120 * grid.n_voxels
 
 
 def test_closed_field_is_solid_where_hidden(exact):
