@@ -10,9 +10,9 @@ reusing that scene:
 - re-export = fuse + extract + write: what a display-option change costs for the surface (wall
   time, and the process CPU time of all threads, which a busy machine inflates less).
 
-Peak memory: the process's resident memory is sampled every 2 ms during the fusion; the table
-gives the peak above the resident memory just before it (MB), next to the estimate of
-:func:`fusion_memory_bytes`. On CUDA (``--device cuda``) torch's peak allocation is given instead.
+Peak memory: the process's resident memory is sampled every 2 ms during the fusion, and during
+extraction + writing; the table gives the peaks above the resident memory just before each (MB),
+the fusion's next to the estimate of :func:`fusion_memory_bytes`. On CUDA (``--device cuda``) torch's peak allocation is given instead.
 
 Usage: python3 bench/bench_surface.py [--views 3,8,32] [--res 128,256] [--width 512 --height 384]
        [--threads N] [--device cpu|cuda] [--repeats 1]
@@ -71,7 +71,7 @@ def run_one(views: int, res: int, width: int, height: int, device: str, repeats:
     scene, hits = shape_scene(Sphere(), sphere_rig(views, 3.5), height=height, width=width, focal=0.9 * width)
     opts = SurfaceOptions(resolution=res)
     fuse_s, extract_s, write_s, cpu_s = [], [], [], []
-    peak_mb = 0.0
+    peak_mb = extract_mb = 0.0
     volume = mesh = None
     for _ in range(repeats):
         base = _rss_mb()
@@ -85,13 +85,16 @@ def run_one(views: int, res: int, width: int, height: int, device: str, repeats:
             peak_mb = max(peak_mb, torch.cuda.max_memory_allocated() / 2**20)
         else:
             peak_mb = max(peak_mb, rss.peak - base)
-        t0 = time.perf_counter()
-        mesh = extract_surface(volume, scene, hits, device=device)
-        extract_s.append(time.perf_counter() - t0)
-        with tempfile.TemporaryDirectory() as d:
+        base = _rss_mb()
+        with _PeakRss() as rss:
             t0 = time.perf_counter()
-            write_surface(mesh, d)
-            write_s.append(time.perf_counter() - t0)
+            mesh = extract_surface(volume, scene, hits, device=device)
+            extract_s.append(time.perf_counter() - t0)
+            with tempfile.TemporaryDirectory() as d:
+                t0 = time.perf_counter()
+                write_surface(mesh, d)
+                write_s.append(time.perf_counter() - t0)
+        extract_mb = max(extract_mb, rss.peak - base)
         cpu_s.append(time.process_time() - c0)
     assert volume is not None and mesh is not None
     n_px = sum(h.size for h in hits)
@@ -105,6 +108,7 @@ def run_one(views: int, res: int, width: int, height: int, device: str, repeats:
         "reexport": min(fuse_s) + min(extract_s) + min(write_s),
         "cpu": min(cpu_s),
         "peak_mb": peak_mb,
+        "extract_mb": extract_mb,
         "estimate_mb": fusion_memory_bytes(volume.grid, n_px, opts.chunk_voxels) / 2**20,
         "faces": len(mesh.faces),
     }
@@ -132,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"{'views':>5} {'res':>4} {'grid':>12} {'fuse s':>7} {'extract s':>9} {'write s':>7} {'re-export s':>11} {'(cpu s)':>7} "
-        f"{'peak MB':>8} {'est. MB':>8} {'faces':>8}"
+        f"{'fuse MB':>8} {'est. MB':>8} {'extract MB':>10} {'faces':>8}"
     )
     for views in (int(v) for v in args.views.split(",")):
         for res in (int(r) for r in args.res.split(",")):
@@ -152,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
             r = json.loads(out)
             print(
                 f"{r['views']:>5} {r['res']:>4} {r['grid']:>12} {r['fuse']:>7.2f} {r['extract']:>9.2f} "
-                f"{r['write']:>7.2f} {r['reexport']:>11.2f} {r['cpu']:>7.2f} {r['peak_mb']:>8.0f} {r['estimate_mb']:>8.0f} "
+                f"{r['write']:>7.2f} {r['reexport']:>11.2f} {r['cpu']:>7.2f} {r['peak_mb']:>8.0f} {r['estimate_mb']:>8.0f} {r['extract_mb']:>10.0f} "
                 f"{r['faces']:>8}",
                 flush=True,
             )

@@ -437,13 +437,11 @@ def fuse_tsdf(
             )
             for dst, src in zip((tsdf, weight, hidden), out, strict=True):
                 dst[i0:i1, j0:j1] = src.reshape(i1 - i0, j1 - j0, grid.shape[2])
-    logger.debug(
-        "fused %d views into %s voxels of %.4g (%.1f%% observed)",
-        len(views),
-        "x".join(map(str, grid.shape)),
-        grid.voxel_size,
-        100.0 * float((weight > 0).float().mean()),
-    )
+    if logger.isEnabledFor(logging.DEBUG):
+        observed = 100.0 * float((weight > 0).sum()) / grid.n_voxels
+        logger.debug(
+            "fused %d views into %s voxels of %.4g (%.1f%% observed)", len(views), grid.shape, grid.voxel_size, observed
+        )
     return TSDFVolume(
         grid=grid,
         tsdf=tsdf.cpu().numpy(),
@@ -461,7 +459,8 @@ def closed_field(volume: TSDFVolume) -> np.ndarray:
     cavities under ``volume.min_component_voxels`` voxels flipped. Its zero level set is closed;
     ``closed_field(v) < 0`` is the solid occupancy.
     """
-    field = np.where(volume.weight > 0, volume.tsdf, 1.0 - 2.0 * volume.hidden).astype(np.float32)
+    one, two = np.float32(1.0), np.float32(2.0)
+    field = np.where(volume.weight > 0, volume.tsdf, one - two * volume.hidden)  # float32 throughout
     field[[0, -1], :, :] = 1.0
     field[:, [0, -1], :] = 1.0
     field[:, :, [0, -1]] = 1.0

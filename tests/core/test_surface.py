@@ -125,15 +125,17 @@ def test_observed_only_invents_no_surface():
 
 
 def test_chunking_leaves_no_seams(exact):
-    """Fusing in tiny blocks gives bit-identical volumes (each voxel depends only on its centre)."""
-    scene, hits, volume, mesh = exact["torus"]
-    small = fuse_tsdf(scene, hits, SurfaceOptions(resolution=RES, chunk_voxels=4096))
-    assert small.grid == volume.grid
-    np.testing.assert_array_equal(small.tsdf, volume.tsdf)
-    np.testing.assert_array_equal(small.weight, volume.weight)
-    np.testing.assert_array_equal(small.hidden, volume.hidden)
-    again = extract_surface(small, scene, hits)
-    np.testing.assert_array_equal(again.faces, mesh.faces)
+    """Fusing in tiny blocks gives bit-identical volumes and meshes (each voxel depends only on its centre)."""
+    scene, hits, _, _ = exact["torus"]
+    volumes = [fuse_tsdf(scene, hits, SurfaceOptions(resolution=32, chunk_voxels=c)) for c in (4096, 1 << 20)]
+    small, big = volumes
+    assert small.grid == big.grid and small.grid.n_voxels > 4 * 4096
+    np.testing.assert_array_equal(small.tsdf, big.tsdf)
+    np.testing.assert_array_equal(small.weight, big.weight)
+    np.testing.assert_array_equal(small.hidden, big.hidden)
+    meshes = [extract_surface(v, scene, hits) for v in volumes]
+    np.testing.assert_array_equal(meshes[0].faces, meshes[1].faces)
+    np.testing.assert_array_equal(meshes[0].vertices, meshes[1].vertices)
 
 
 def test_grid_from_resolution_and_voxel_size():
