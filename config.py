@@ -310,8 +310,9 @@ class PostprocessConfig(Validated):
 class VizConfig(Validated):
     """How the scene is drawn in the GLB and the gallery."""
 
-    as_pointcloud: bool = False
-    """Show the scene as a coloured point cloud instead of a mesh (pixel grids)."""
+    view_mode: Literal["mesh", "pointcloud", "surface", "voxels"] = "mesh"
+    """Show as: mesh (each view's pixel grid), pointcloud (coloured points), surface (one fused, watertight
+    or observed-only surface) or voxels (an N^3 coloured grid); surface and voxels need dense depth."""
     show_cameras: bool = True
     """Draw a frustum per view."""
     cam_size: float = num(0.05, above=0)
@@ -328,6 +329,31 @@ class VizConfig(Validated):
     """Matplotlib colormap for confidence maps."""
     mesh_depth_jump: float = num(0.05, above=0)
     """Mesh triangles whose vertex depths differ by more than this fraction (max/min - 1) are not drawn."""
+    surface_res: int = num(256, 16, 1024)
+    """Surface: voxels along the longest side of the kept geometry (TSDF fusion)."""
+    watertight: bool = True
+    """Surface and solid voxels: carve what no view saw through so the surface closes; off = observed surfaces only."""
+    surface_max_faces: int = num(0, 0)
+    """Surface: decimate to at most this many faces (0 = keep every face; else at least 100)."""
+    voxel_res: int = num(64, 16, 256)
+    """Voxels: N of the N^3 grid around the kept geometry (32 = the 3D-R2N2 convention)."""
+    voxel_fill: Literal["solid", "surface"] = "solid"
+    """Voxels: solid (inside filled; needs watertight) or surface only."""
+
+    @property
+    def as_pointcloud(self) -> bool:
+        """The per-view geometry is drawn as points (``view_mode == "pointcloud"``)."""
+        return self.view_mode == "pointcloud"
+
+    def _extra_checks(self) -> None:
+        check(
+            self.surface_max_faces == 0 or self.surface_max_faces >= 100,
+            f"surface_max_faces must be 0 or >= 100, got {self.surface_max_faces}",
+        )
+        check(
+            self.voxel_fill == "surface" or self.watertight,
+            "solid voxels need watertight; turn watertight on or choose voxel_fill 'surface'",
+        )
 
 
 @dataclass(frozen=True)
@@ -426,14 +452,6 @@ class AppConfig(Validated):
 Group = Literal["model", "input", "align", "display", "server"]
 
 
-def _view_mode(value: Any) -> bool:
-    if value not in _VIEW_MODES:
-        raise SettingsError(f"view_mode must be 'mesh' or 'pointcloud', got {value!r}")
-    return value == "pointcloud"
-
-
-_VIEW_MODES = ("mesh", "pointcloud")
-_VIEW = (_view_mode, lambda as_pointcloud: _VIEW_MODES[bool(as_pointcloud)], _VIEW_MODES)
 _FOCALS = (parse_focals, lambda v: ",".join(f"{f:g}" for f in v or ()))
 
 
@@ -461,7 +479,7 @@ _TABLE: tuple[tuple, ...] = (
     ("shared_focal", "alignment.shared_focal", "align"),
     ("early_stop", "alignment.early_stop", "align"),
     ("min_conf_thr", "postprocess.min_conf_thr", "display"),
-    ("view_mode", "viz.as_pointcloud", "display", *_VIEW),
+    ("view_mode", "viz.view_mode", "display"),
     ("clean_depth", "postprocess.clean_depth", "display"),
     ("outlier_removal", "postprocess.outlier_removal", "display"),
     ("largest_component", "postprocess.largest_component", "display"),
@@ -470,6 +488,11 @@ _TABLE: tuple[tuple, ...] = (
     ("show_cameras", "viz.show_cameras", "display"),
     ("cam_transparent", "viz.cam_transparent", "display"),
     ("cam_image", "viz.cam_image", "display"),
+    ("surface_res", "viz.surface_res", "display"),
+    ("watertight", "viz.watertight", "display"),
+    ("surface_max_faces", "viz.surface_max_faces", "display"),
+    ("voxel_res", "viz.voxel_res", "display"),
+    ("voxel_fill", "viz.voxel_fill", "display"),
     ("georeference", "postprocess.georeference", "display"),
     ("scale_from", "postprocess.scale_from", "display"),
     ("gps_inlier_m", "postprocess.gps_inlier_m", "display"),

@@ -293,9 +293,12 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                             cfg,
                             "view_mode",
                             "Show as",
-                            choices=[("Mesh", "mesh"), ("Point cloud", "pointcloud")],
-                            info=None,
-                        )
+                            choices=[
+                                ("Mesh", "mesh"), ("Point cloud", "pointcloud"), ("Surface", "surface"),
+                                ("Voxels", "voxels"),
+                            ],
+                            info="Surface: one fused surface (TSDF); voxels: an N³ grid. Both need dense depth.",
+                        )  # fmt: skip
                         with gr.Column():
                             show_cameras = setting_widget(cfg, "show_cameras", "Show cameras", info=None)
                             cam_transparent = setting_widget(cfg, "cam_transparent", "Transparent cameras", info=None)
@@ -305,6 +308,10 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         outlier_removal = setting_widget(cfg, "outlier_removal", "Remove outliers")
                         largest_component = setting_widget(cfg, "largest_component", "Main object only")
                         mask_sky = setting_widget(cfg, "mask_sky", "Remove sky", info=None)
+                    with gr.Row():
+                        surface_res = setting_widget(cfg, "surface_res", "Surface resolution", step=16)
+                        watertight = setting_widget(cfg, "watertight", "Watertight")
+                        voxel_res = setting_widget(cfg, "voxel_res", "Voxel grid N", step=8)
                 gallery = gr.Gallery(
                     label="Views · RGB, depth, confidence", columns=3, height=300, object_fit="contain", elem_id="views"
                 )
@@ -339,6 +346,9 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             show_cameras=show_cameras,
             cam_transparent=cam_transparent,
             cam_image=cam_image,
+            surface_res=surface_res,
+            watertight=watertight,
+            voxel_res=voxel_res,
         )
         outputs = [result_state, viewer, gallery, glb_btn, status, model_md]
         package = dict(
@@ -379,6 +389,9 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             outlier_removal.input,
             largest_component.input,
             mask_sky.input,
+            surface_res.release,
+            watertight.input,
+            voxel_res.release,
         ]
         gr.on(
             display_triggers,

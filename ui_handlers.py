@@ -28,6 +28,7 @@ from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_sett
 from core.errors import UserError, internal_error_id
 from core.inputs.preprocessing import heif_available
 from core.outputs.export import EXPORT_FORMATS
+from core.outputs.fused import FUSED_FORMATS
 from pipeline import Pipeline, Result, stage_label
 
 __all__ = [
@@ -96,6 +97,12 @@ def setting_widget(cfg: AppConfig, name: str, label: str, **overrides: Any):
 # --------------------------------------------------------------------------------------------
 # Sessions and handlers
 # --------------------------------------------------------------------------------------------
+
+
+def package_formats(viz: VizConfig) -> tuple[str, ...]:
+    """What the page's zip holds: every format, and the fused surface or voxels only while they are
+    shown (each costs a fusion, seconds on a CPU)."""
+    return tuple(f for f in EXPORT_FORMATS if f not in FUSED_FORMATS or f == viz.view_mode)
 
 
 class SessionJobs:
@@ -364,7 +371,7 @@ class UIHandlers:
             return gr.skip()
         try:
             post, viz = display_config(result.settings, display)
-            files = self.pipeline.export(result, post, viz, EXPORT_FORMATS)
+            files = self.pipeline.export(result, post, viz, package_formats(viz))
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
             raise self._fail(e, "Packaging") from e
         return str(files["zip"])

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     post = PostprocessConfig()
     post_lcc = dataclasses.replace(post, largest_component=True)
     viz_mesh = VizConfig()
-    viz_points = VizConfig(as_pointcloud=True)
+    viz_points = VizConfig(view_mode="pointcloud")
     rows: list[tuple[str, float, float, float, str]] = []
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)

@@ -97,7 +97,7 @@ def test_export_reuses_the_scene_with_new_display_options(tiny_run: pipeline.Res
     cfg = tiny_run.settings
     mesh_files = pipeline.export(tiny_run, cfg.postprocess, cfg.viz, ["glb"])
     cloud_files = pipeline.export(
-        tiny_run, cfg.postprocess, replace(cfg.viz, as_pointcloud=True, show_cameras=False), ["glb"]
+        tiny_run, cfg.postprocess, replace(cfg.viz, view_mode="pointcloud", show_cameras=False), ["glb"]
     )
     assert mesh_files["glb"].parent != cloud_files["glb"].parent  # each export gets its own folder
     assert mesh_files["glb"].parent.parent == tiny_run.job.dir / "exports"
@@ -109,7 +109,7 @@ def test_export_reuses_the_scene_with_new_display_options(tiny_run: pipeline.Res
     stricter = pipeline.export(
         tiny_run,
         replace(cfg.postprocess, min_conf_thr=8.0, outlier_removal=False),
-        replace(cfg.viz, as_pointcloud=True, show_cameras=False),
+        replace(cfg.viz, view_mode="pointcloud", show_cameras=False),
         ["glb"],
     )
     n_loose = sum(len(g.vertices) for g in cloud.geometry.values())

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import trimesh
 from PIL import Image
 
 from config import PostprocessConfig, VizConfig
@@ -57,10 +58,12 @@ from core.outputs.colmap_model import (
     original_intrinsics,
     write_colmap,
 )
+from core.outputs.fused import FUSED_FORMATS, surface_mesh, voxel_mesh, voxel_model, write_fused
 from core.outputs.georef import Georef, georef_document, georef_summary, georeference, transform_scene
 from core.outputs.gis import las_unavailable, raster_unavailable, write_gis
 from core.outputs.postprocessing import PointSet, dense_maps, gather_points, point_masks, resolve_masks, sparse_mask
 from core.outputs.splat import SPLAT_DIR, write_splat_ready
+from core.outputs.tsdf import surface_unavailable_reason
 from core.outputs.visualization import render_view_maps, scene_mesh, scene_to_glb, unique_stems, write_obj
 from core.types import Scene
 
@@ -85,7 +88,10 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = ("glb", "ply", "obj", "colmap", "json", "npz", "depth", "las", "dsm", "georef", "splat-ready", "zip")
+EXPORT_FORMATS = (
+    "glb", "ply", "obj", "colmap", "json", "npz", "depth", "surface", "voxels", "las", "dsm", "georef", "splat-ready",
+    "zip",
+)  # fmt: skip
 GIS_FORMATS = ("las", "dsm", "georef")
 """Formats that need a georeference (``georef`` also accepts a scale from ``scale_from``)."""
 ZIP_NAME = "reconstruction.zip"
@@ -144,6 +150,7 @@ def skipped_formats(
     if scene.pts3d is None:
         reasons["obj"] = f"no mesh: the {scene.engine!r} scene is sparse (no per-pixel depth maps to triangulate)"
         reasons["depth"] = f"no depth or confidence maps: the {scene.engine!r} scene is sparse"
+        reasons["surface"] = reasons["voxels"] = surface_unavailable_reason(scene)
     if (why := colmap_unavailable()) is not None:
         reasons["colmap"] = reasons["splat-ready"] = why
     if formats & set(GIS_FORMATS):
@@ -414,19 +421,30 @@ def _plan(scene: Scene, formats: Iterable[str], geo: Georef) -> tuple[set[str], 
     unknown = formats - set(EXPORT_FORMATS)
     if unknown:
         raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(EXPORT_FORMATS)}")
-    if "zip" in formats:
-        formats = set(EXPORT_FORMATS)
+    if "zip" in formats:  # everything, except the fused outputs unless they are named (they cost a fusion)
+        formats = (set(EXPORT_FORMATS) - set(FUSED_FORMATS)) | (formats & set(FUSED_FORMATS))
     skipped = skipped_formats(scene, formats, georef=geo)
     for fmt, why in skipped.items():
         logger.info("export %s skipped: %s", fmt, why)
     return formats - set(skipped), skipped
 
 
+def _shown_geometry(scene: Scene, masks, viz_cfg: VizConfig) -> trimesh.Trimesh | None:
+    """The fused surface or voxels when the view mode shows one (world frame), else None."""
+    if viz_cfg.view_mode == "surface":
+        return surface_mesh(scene, masks, viz_cfg)
+    if viz_cfg.view_mode == "voxels":
+        return voxel_mesh(voxel_model(scene, masks, viz_cfg))
+    return None
+
+
 def _write_geometry(scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg, viz_cfg) -> dict[str, Path]:
     """glb, ply, obj and colmap, each from the given masks."""
     out: dict[str, Path] = {}
     if "glb" in todo:
-        out["glb"] = scene_to_glb(scene, masks, viz_cfg, out_dir / "scene.glb")
+        out["glb"] = scene_to_glb(
+            scene, masks, viz_cfg, out_dir / "scene.glb", geometry=_shown_geometry(scene, masks, viz_cfg)
+        )
     if "ply" in todo:
         extra = None
         if scene.sparse is not None and scene.pts3d is None:
@@ -495,7 +513,8 @@ def export_scene(
     ``zip`` means "everything, plus reconstruction.zip". No manifest is written (see
     :class:`ExportResult` and :func:`add_to_zip`). Files per key of ``ExportResult.written``:
 
-    - ``glb``: ``scene.glb`` (:func:`core.outputs.visualization.scene_to_glb` with ``viz_cfg``).
+    - ``glb``: ``scene.glb`` (:func:`core.outputs.visualization.scene_to_glb` with ``viz_cfg``; with
+      ``view_mode`` surface or voxels it holds the fused surface or the voxels instead of the views).
     - ``ply``: ``pointcloud.ply``, every kept point (world frame; see :func:`write_ply`).
     - ``obj``: ``mesh.obj``, pixel-grid mesh with vertex colours, at most ``viz_cfg.max_points``
       vertices (dense only).
@@ -520,7 +539,10 @@ def export_scene(
       (:mod:`core.outputs.gis`); georeferenced scenes only.
     - ``georef``: ``georef.json`` (:func:`core.outputs.georef.georef_document`); georeferenced or scaled.
     - ``splat-ready``: ``splat-ready/`` (images, ``sparse/0``, ``transforms.json``; :mod:`core.outputs.splat`).
-    - ``zip``: ``reconstruction.zip`` with all of the above.
+    - ``surface``: ``surface.glb`` (viewer frame) plus keys ``surface_ply``, ``surface_obj`` (world
+      frame): the TSDF-fused surface (:mod:`core.outputs.fused`); ``voxels``: ``voxels.npz``
+      (``occupancy``, ``colors``, ``world_from_grid``) plus ``voxels_binvox``, ``voxels_glb``. Dense only.
+    - ``zip``: ``reconstruction.zip`` with all of the above (surface and voxels only when named).
 
     Raises ValueError for an unknown format or masks that do not fit the scene.
     """
@@ -536,6 +558,7 @@ def export_scene(
     written = _write_geometry(scene, masks, out_dir, todo, post_cfg, viz_cfg)
     written.update(_write_tables(scene, masks, out_dir, todo, skipped, post_cfg, viz_cfg, geo))
     written.update(_write_geo(scene, masks, out_dir, todo, post_cfg, geo))
+    written.update(write_fused(scene, masks, out_dir, todo, viz_cfg))
     if "zip" in todo:
         written["zip"] = _write_zip(out_dir, list(written.values()), out_dir / ZIP_NAME)
     frames = _FRAMES_LOCAL if geo.is_georeferenced else _FRAMES_SCALED if geo.is_metric else FRAMES

@@ -271,7 +271,7 @@ def _mark_unlit(tree: dict) -> None:
             used.append("KHR_materials_unlit")
 
 
-def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path) -> Path:
+def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path, *, geometry: trimesh.Trimesh | None = None) -> Path:
     """Write the scene as a GLB and return ``path``.
 
     masks: dense scenes N (H, W) bool, sparse scenes (M,) bool, None = every finite point.
@@ -282,6 +282,8 @@ def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path) -> Path:
     frustum per view whose depth is ``cfg.cam_size`` times the scene extent, optionally with the
     image on it (``cam_image``) and semi-transparent (``cam_transparent``). Node/geometry names:
     ``mesh`` or ``points``, ``camera_<k>``, ``camera_<k>_image``. Frame: see the module docstring.
+    geometry: a mesh in the world frame drawn instead of the views (the fused surface or voxels;
+    node ``surface``), with the cameras as usual.
     Materials are double-sided and unlit (KHR_materials_unlit).
 
     Raises ValueError when there is nothing to draw (no point kept and cameras hidden).
@@ -292,7 +294,12 @@ def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path) -> Path:
     geoms: list[tuple[str, trimesh.Trimesh | trimesh.PointCloud]] = []
     as_points = cfg.as_pointcloud or scene.pts3d is None
     world_pts = np.zeros((0, 3), np.float32)
-    if not as_points:
+    if geometry is not None:
+        world_pts, as_points = np.asarray(geometry.vertices), False
+        shown = geometry.copy()
+        shown.apply_transform(to_glb)
+        geoms.append(("surface", shown))
+    elif not as_points:
         verts, faces, cols = scene_mesh(scene, masks, depth_jump=cfg.mesh_depth_jump, max_vertices=cfg.max_points)
         world_pts = verts
         if len(faces):

@@ -356,3 +356,14 @@ def surface_metrics(mesh, shape: Shape, voxel: float, *, n: int = 30000, seed: i
         "fscore": 2 * precision * recall / max(precision + recall, 1e-12),
         "volume_ratio": float(mesh.volume / shape.volume) if mesh.is_watertight else float("nan"),
     }
+
+
+def similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """Umeyama: scale, rotation (3, 3), translation with dst ~ scale * rot @ src + t; src, dst (M, 3)."""
+    mu_s, mu_d = src.mean(0), dst.mean(0)
+    a, b = src - mu_s, dst - mu_d
+    u, s, vt = np.linalg.svd(b.T @ a / len(src))
+    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
+    rot = u @ d @ vt
+    scale = float((s * np.diag(d)).sum() / (a**2).sum(1).mean())
+    return scale, rot, mu_d - scale * rot @ mu_s

@@ -34,6 +34,7 @@ from tests.core.synthetic_shapes import (
     arc_rig,
     shape_pair_predictions,
     shape_scene,
+    similarity,
     sphere_rig,
     surface_metrics,
 )
@@ -234,17 +235,6 @@ def test_fusion_on_cuda_matches_cpu(exact):
     assert (gpu.hidden != volume.hidden).mean() < 1e-3
 
 
-def _similarity(src: np.ndarray, dst: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
-    """Umeyama: scale, rotation (3, 3), translation with dst ~ scale * rot @ src + t; src, dst (M, 3)."""
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    a, b = src - mu_s, dst - mu_d
-    u, s, vt = np.linalg.svd(b.T @ a / len(src))
-    d = np.diag([1.0, 1.0, np.sign(np.linalg.det(u @ vt))])
-    rot = u @ d @ vt
-    scale = float((s * np.diag(d)).sum() / (a**2).sum(1).mean())
-    return scale, rot, mu_d - scale * rot @ mu_s
-
-
 def test_align_then_fuse_recovers_the_shape():
     """End to end: DUSt3R-like pair predictions of a known sphere -> global alignment -> display
     masks -> fusion. Compared after the similarity that maps the aligned cameras onto the true ones."""
@@ -252,7 +242,7 @@ def test_align_then_fuse_recovers_the_shape():
     preds, truth = shape_pair_predictions(Sphere(), poses, height=36, width=48, focal=43.0)
     scene = align(preds, AlignmentConfig(niter=100))
     masks = point_masks(scene, PostprocessConfig())
-    scale, rot, trans = _similarity(scene.world_from_cam[:, :3, 3].astype(np.float64), poses[:, :3, 3])
+    scale, rot, trans = similarity(scene.world_from_cam[:, :3, 3].astype(np.float64), poses[:, :3, 3])
     for watertight in (False, True):
         volume = fuse_tsdf(scene, masks, SurfaceOptions(resolution=RES, watertight=watertight))
         mesh = extract_surface(volume, scene, masks)

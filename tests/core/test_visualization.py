@@ -54,7 +54,7 @@ def _nearest(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def test_glb_is_oriented_for_gltf_viewers(syn, masks, tmp_path):
     scene = syn.scene
     assert not np.allclose(scene.world_from_cam[0], np.eye(4))  # the transform matters
-    path = scene_to_glb(scene, masks, VizConfig(as_pointcloud=True, cam_image=False), tmp_path / "s.glb")
+    path = scene_to_glb(scene, masks, VizConfig(view_mode="pointcloud", cam_image=False), tmp_path / "s.glb")
     glb = trimesh.load(path)
     for name in glb.graph.nodes_geometry:
         np.testing.assert_allclose(glb.graph[name][0], np.eye(4))  # geometry baked in the GLB frame
@@ -169,7 +169,7 @@ def test_glb_mesh_has_no_face_across_the_silhouette(syn, tmp_path):
 
 @pytest.mark.parametrize("as_pointcloud", [True, False])
 def test_max_points_is_respected_and_deterministic(syn, masks, tmp_path, as_pointcloud):
-    cfg = VizConfig(max_points=1000, as_pointcloud=as_pointcloud, show_cameras=False)
+    cfg = VizConfig(max_points=1000, view_mode="pointcloud" if as_pointcloud else "mesh", show_cameras=False)
     a = scene_to_glb(syn.scene, masks, cfg, tmp_path / "a.glb")
     b = scene_to_glb(syn.scene, masks, cfg, tmp_path / "b.glb")
     assert a.read_bytes() == b.read_bytes()
