@@ -343,7 +343,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         clear_color=(0.043, 0.055, 0.078, 1.0),
                         elem_id="viewer",
                     )
-                status = gr.Markdown("Upload photos and press **Reconstruct**.", elem_id="status")
+                status = gr.Markdown("Upload photos or a video and press **Reconstruct**.", elem_id="status")
                 with gr.Row(elem_id="downloads"):
                     glb_btn = gr.DownloadButton(
                         "Download GLB", value=None, interactive=False, variant="primary", elem_id="download-glb"
