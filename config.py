@@ -43,6 +43,7 @@ __all__ = [
     "PostprocessConfig",
     "VizConfig",
     "ColmapConfig",
+    "VideoConfig",
     "JobConfig",
     "UIConfig",
     "AppConfig",
@@ -181,9 +182,10 @@ class PreprocessConfig(Validated):
 class InferenceConfig(Validated):
     """Pair inference. The scene graph is four fields; :attr:`scene_graph` is its name."""
 
-    graph: SceneGraphKind = "complete"
-    """Which image pairs go through the network: complete (every pair), swin (each image with the next ones),
-    logwin (neighbours at 1, 2, 4, ...), oneref (every image with one reference)."""
+    graph: SceneGraphKind = "auto"
+    """Which image pairs go through the network: auto (complete for photos, a log window over time for
+    video frames), complete (every pair), swin (each image with the next ones), logwin (neighbours at
+    1, 2, 4, ...), oneref (every image with one reference)."""
     window_size: int = num(3, 1)
     """swin/logwin: window size K."""
     cyclic: bool = True
@@ -209,7 +211,7 @@ class InferenceConfig(Validated):
 
     @property
     def scene_graph(self) -> str:
-        """The graph's name: ``complete``, ``swin-3``, ``logwin-2-noncyclic``, ``oneref-0``."""
+        """The graph's name: ``auto``, ``complete``, ``swin-3``, ``logwin-2-noncyclic``, ``oneref-0``."""
         param = self.window_size if self.graph in ("swin", "logwin") else self.ref_image
         return format_scene_graph(self.graph, param, cyclic=self.cyclic)
 
@@ -381,6 +383,27 @@ class ColmapConfig(Validated):
 
 
 @dataclass(frozen=True)
+class VideoConfig(Validated):
+    """How frames are taken from videos (``core.inputs.video``): by time, the sharpest of each interval."""
+
+    fps: float = num(1.0, hi=60, above=0)
+    """Video frames kept per second of video (the sharpest of each 1/fps s); ignored with target_frames."""
+    target_frames: int = num(0, 0)
+    """Keep about this many frames per video, evenly spread over it; 0 = use fps."""
+    max_frames: int = num(0, 0)
+    """Most frames kept from one video; 0 = auto: the image limit (max_images), lowered until the
+    memory estimate of the run fits."""
+    sharpest: bool = True
+    """Take the sharpest frame of each sampling interval (not its first)."""
+    skip_static: bool = True
+    """Skip video frames that barely differ from the previous kept one (camera standing still)."""
+    max_duration_s: float = num(1200.0, above=0)
+    """Longest video accepted (seconds of video)."""
+    max_decode_s: float = num(300.0, above=0)
+    """Longest time decoding one video may take (seconds)."""
+
+
+@dataclass(frozen=True)
 class JobConfig(Validated):
     """Where runs write their files and how long they are kept."""
 
@@ -439,6 +462,7 @@ class AppConfig(Validated):
     postprocess: PostprocessConfig = field(default_factory=PostprocessConfig)
     viz: VizConfig = field(default_factory=VizConfig)
     colmap: ColmapConfig = field(default_factory=ColmapConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
     jobs: JobConfig = field(default_factory=JobConfig)
     ui: UIConfig = field(default_factory=UIConfig)
 
@@ -471,6 +495,11 @@ _TABLE: tuple[tuple, ...] = (
     ("matcher", "colmap.matcher", "input"),
     ("mapper", "colmap.mapper", "input"),
     ("save_pairs", "jobs.save_pairs", "input"),
+    ("fps", "video.fps", "input"),
+    ("target_frames", "video.target_frames", "input"),
+    ("max_frames", "video.max_frames", "input"),
+    ("sharpest", "video.sharpest", "input"),
+    ("skip_static", "video.skip_static", "input"),
     ("niter", "alignment.niter", "align"),
     ("schedule", "alignment.schedule", "align"),
     ("lr", "alignment.lr", "align"),

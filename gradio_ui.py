@@ -12,7 +12,9 @@ False); Gradio's own cache of served files is cleaned with ``delete_cache``.
 Named API endpoints (``gradio_client``): ``/reconstruct`` (files + settings -> viewer GLB,
 gallery, GLB download, status, engine status), ``/render`` (display settings -> viewer GLB, GLB
 download, status), ``/package`` (display settings -> zip of every format), ``/realign``
-(settings -> same as /reconstruct), ``/thumbnails`` (files -> previews). In the page, the zip is
+(settings -> same as /reconstruct), ``/thumbnails`` (files + video settings -> previews: photos and
+the frames kept from videos), ``/plan`` (files + settings -> the line shown before running: pair
+count, memory estimate, video summaries). In the page, the zip is
 made by a chained event after each run and display change. Reconstructions share one queue slot
 per device (``cfg.ui.concurrency_limit``).
 """
@@ -31,9 +33,11 @@ from config import (
     AppConfig,
 )
 from core.inputs.preprocessing import IMAGE_EXTENSIONS
+from core.inputs.video import VIDEO_EXTENSIONS
 from pipeline import Pipeline
 from ui_handlers import (
     _ZIP_LABEL,
+    VIDEO_KEYS,
     SessionJobs,
     UIHandlers,
     display_config,
@@ -60,6 +64,7 @@ ENGINE_CHOICES = [
     ("COLMAP · classical SfM, no weights needed", "colmap"),
 ]
 GRAPH_CHOICES = [
+    ("auto · complete for photos, a log window over time for video frames", "auto"),
     ("complete · every pair (best, N² pairs)", "complete"),
     ("sliding window · neighbours in order", "swin"),
     ("log window · neighbours at 1, 2, 4, ...", "logwin"),
@@ -95,7 +100,7 @@ _HEADER = """
 
 _HOWTO = """
 <div id="howto">
-  <div class="step"><span>1</span><b>Add photos</b> 2 or more views of one object or scene, overlapping, from different angles.</div>
+  <div class="step"><span>1</span><b>Add photos or a video</b> 2 or more overlapping views of one object or scene, or a short clip moving around it.</div>
   <div class="step"><span>2</span><b>Reconstruct</b> defaults work; the first DUSt3R run loads the network.</div>
   <div class="step"><span>3</span><b>Explore &amp; download</b> drag to orbit, ⤢ for fullscreen (Esc exits); GLB or the full zip.</div>
 </div>
@@ -156,6 +161,68 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
     }
 
 
+def _video_widgets(cfg: AppConfig) -> dict[str, Any]:
+    """The "Video" accordion's widgets (inside the open context), by setting name."""
+    fps = setting_widget(cfg, "fps", "Frames per second of video", minimum=0.1, maximum=10, step=0.1)
+    max_frames = setting_widget(
+        cfg, "max_frames", "Maximum frames per video (0 = auto)", minimum=0, maximum=cfg.ui.max_images, step=1
+    )
+    with gr.Row():
+        sharpest = setting_widget(cfg, "sharpest", "Sharpest frame of each interval", info=None)
+        skip_static = setting_widget(cfg, "skip_static", "Skip still frames", info=None)
+    return dict(fps=fps, max_frames=max_frames, sharpest=sharpest, skip_static=skip_static)
+
+
+def _wire_preview(handlers: UIHandlers, files, thumbs, plan_md, run_inputs: Mapping[str, Any]) -> None:
+    """Uploads and settings -> thumbnails (``/thumbnails``) -> the line before running (``/plan``).
+
+    Video settings, the engine and the image size re-sample the videos (cached per file and
+    options); the scene-graph settings only redo the plan line.
+    """
+    preview_keys = (*VIDEO_KEYS, "engine", "image_size")
+    preview_inputs = {k: run_inputs[k] for k in preview_keys}
+    plan_inputs = {k: run_inputs[k] for k in (*preview_keys, "scene_graph", "window_size", "cyclic", "ref_image")}
+    common = dict(queue=False, show_progress="minimal", trigger_mode="always_last")
+
+    def preview_then_plan(triggers: list, public: bool) -> None:
+        names = dict(api_visibility="public") if public else dict(api_visibility="private")
+        gr.on(
+            triggers,
+            handlers.thumbnails,
+            inputs=[files],
+            inputs_kwargs=preview_inputs,
+            outputs=thumbs,
+            **({"api_name": "thumbnails"} if public else {}),
+            **names,
+            **common,
+        ).success(
+            handlers.plan,
+            inputs=[files],
+            inputs_kwargs=plan_inputs,
+            outputs=plan_md,
+            **({"api_name": "plan"} if public else {}),
+            **names,
+            **common,
+        )
+
+    preview_then_plan([files.change], public=True)
+    preview_then_plan(
+        [run_inputs[k].input for k in ("sharpest", "skip_static", "engine", "image_size")]
+        + [run_inputs[k].change for k in ("fps", "max_frames")],  # typed numbers fire no release
+        public=False,
+    )
+    gr.on(
+        [run_inputs[k].input for k in ("scene_graph", "cyclic")]
+        + [run_inputs[k].release for k in ("window_size", "ref_image")],
+        handlers.plan,
+        inputs=[files],
+        inputs_kwargs=plan_inputs,
+        outputs=plan_md,
+        api_visibility="private",
+        **common,
+    )
+
+
 def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     """The page (never launched here; see :func:`launch_kwargs`)."""
     handlers = UIHandlers(cfg, pipeline)
@@ -177,11 +244,11 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             # ---------------- left: inputs and settings ----------------
             with gr.Column(scale=4, min_width=340, elem_id="left-panel"):
                 with gr.Column(scale=0, elem_id="photos-panel"):
-                    gr.Markdown("### Photos", elem_classes="panel-title")
+                    gr.Markdown("### Photos & videos", elem_classes="panel-title")
                     files = gr.File(
                         file_count="multiple",
-                        file_types=list(IMAGE_EXTENSIONS),
-                        label="Drop photos here",
+                        file_types=[*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS],
+                        label="Drop photos or videos here",
                         show_label=False,
                         height=150,
                         elem_id="upload",
@@ -197,6 +264,9 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         elem_id="thumbs",
                         visible=False,
                     )
+                    plan_md = gr.Markdown("", elem_id="plan")
+                with gr.Accordion("Video", open=False, elem_id="video-settings"):
+                    video = _video_widgets(cfg)
                 with gr.Column(scale=0, elem_id="engine-panel"):
                     gr.Markdown("### Engine", elem_classes="panel-title")
                     engine = setting_widget(
@@ -273,7 +343,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         clear_color=(0.043, 0.055, 0.078, 1.0),
                         elem_id="viewer",
                     )
-                status = gr.Markdown("Upload photos and press **Reconstruct**.", elem_id="status")
+                status = gr.Markdown("Upload photos or a video and press **Reconstruct**.", elem_id="status")
                 with gr.Row(elem_id="downloads"):
                     glb_btn = gr.DownloadButton(
                         "Download GLB", value=None, interactive=False, variant="primary", elem_id="download-glb"
@@ -334,6 +404,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             early_stop=early_stop,
             matcher=matcher,
             mapper=mapper,
+            **video,
         )
         display_inputs = dict(
             min_conf_thr=min_conf_thr,
@@ -361,7 +432,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             show_progress="hidden",
         )
 
-        files.change(handlers.thumbnails, inputs=files, outputs=thumbs, api_name="thumbnails", queue=False)
+        _wire_preview(handlers, files, thumbs, plan_md, run_inputs)
         for button, fn, first_input, name in (
             (run_btn, handlers.reconstruct, files, "reconstruct"),
             (realign_btn, handlers.realign, result_state, "realign"),

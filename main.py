@@ -93,7 +93,7 @@ def _add_setting(group, s: Setting, defaults: AppConfig) -> None:
 def _add_settings(p: argparse.ArgumentParser, defaults: AppConfig, *groups: str) -> None:
     titles = {
         "model": "model",
-        "input": "engine and pairs",
+        "input": "engine, pairs and video",
         "align": "global alignment",
         "display": "display",
         "server": "web app",
@@ -146,9 +146,11 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
     rec = sub.add_parser(
         "reconstruct",
         help="images -> 3D scene, headless",
-        description="Reconstruct a scene from images (files or folders) without the web app.",
+        description="Reconstruct a scene from images (files or folders) or videos without the web app.",
     )
-    rec.add_argument("images", nargs="+", type=Path, metavar="IMAGE", help="image files or folders (sorted)")
+    rec.add_argument(
+        "images", nargs="+", type=Path, metavar="IMAGE", help="image or video files, or folders of images (sorted)"
+    )
     _add_settings(rec, defaults, "model", "input", "align", "display")
     _output_options(rec)
 
@@ -270,11 +272,12 @@ def _rel(p: Path, root: Path) -> str:
 
 def _cmd_reconstruct(args: argparse.Namespace, cfg: AppConfig) -> int:
     from core.inputs.pairs import make_pairs
+    from core.inputs.video import is_video
     from pipeline import Pipeline, expand_image_paths, job_in_folder
 
     formats = _formats(args.export)
     paths = expand_image_paths(args.images)
-    if cfg.engine == "dust3r" and len(paths) > 1:
+    if cfg.engine == "dust3r" and len(paths) > 1 and not any(map(is_video, paths)):  # videos: counted later
         make_pairs(len(paths), cfg.inference.scene_graph)  # an index past the images is a usage error
     t0 = time.perf_counter()
     job = job_in_folder(args.output)

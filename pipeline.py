@@ -36,7 +36,9 @@ from core.engines import make_engines as _make_engines
 from core.engines.dust3r import Dust3rEngine, ModelStatus
 from core.errors import ImageLoadError, SettingsError
 from core.inputs.exif_gps import attach_gps, gps_from_manifest
+from core.inputs.plan import resolve_scene_graph, video_options, with_scene_graph
 from core.inputs.preprocessing import list_image_files
+from core.inputs.video import VideoFrames, expand_inputs, is_video
 from core.jobs import (
     MANIFEST_FILE,
     PAIRS_FILE,
@@ -75,6 +77,7 @@ __all__ = [
     "job_in_folder",
     "cleanup_jobs",
     "expand_image_paths",
+    "sample_videos",
     "reconstruct",
     "realign",
     "export",
@@ -92,6 +95,7 @@ logger = logging.getLogger(__name__)
 #: Human-readable names of the progress stages (page progress bar, CLI tqdm bar).
 STAGE_LABELS: dict[str, str] = {
     "prepare": "Preparing the job",
+    "frames": "Reading video frames",
     "load": "Loading images",
     "model": "Loading the DUSt3R network",
     "encode": "Encoding images",
@@ -106,6 +110,7 @@ STAGE_LABELS: dict[str, str] = {
 }
 #: Unit of the (done, total) counts per stage, where it is not obvious.
 _STAGE_UNITS: dict[str, str] = {
+    "frames": "s of video",
     "load": "images",
     "encode": "images",
     "pairs": "pairs",
@@ -175,7 +180,8 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
         if p.is_dir():
             found = list_image_files(p)
             if not found:
-                raise ImageLoadError(f"{p}: folder has no images", filename=str(p))
+                videos = " (videos in a folder are not read: give them as files)" if _has_videos(p) else ""
+                raise ImageLoadError(f"{p}: folder has no images{videos}", filename=str(p))
             out.extend(found)
         elif p.is_file():
             out.append(p)
@@ -183,6 +189,46 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
             raise ImageLoadError(f"{p}: file not found", filename=str(p))
     if not out:
         raise ImageLoadError("no images given")
+    return out
+
+
+def _has_videos(folder: Path) -> bool:
+    return any(is_video(p) for p in folder.iterdir() if p.is_file())
+
+
+def sample_videos(
+    paths: Sequence[str | Path], cfg: AppConfig, out_dir: str | Path, progress: ProgressFn | None = None
+) -> tuple[list[Path], list[VideoFrames]]:
+    """Photos and videos -> the run's image files, in the given order: each video (by extension,
+    :data:`core.inputs.video.VIDEO_EXTENSIONS`) is replaced by its kept frames, written into
+    ``out_dir`` (created only when there is a video) with ``cfg.video``'s sampling.
+
+    progress: ``progress("frames", seconds_decoded, total_seconds)`` per video. Returns (image
+    paths, one :class:`VideoFrames` per video). Raises :class:`core.inputs.video.VideoError` (an
+    ImageLoadError) naming a video that cannot be used.
+    """
+    paths = [Path(p) for p in paths]
+    if not any(is_video(p) for p in paths):
+        return paths, []
+    report = (lambda done, total: progress("frames", done, total)) if progress is not None else None
+    return expand_inputs(paths, out_dir, video_options(cfg), progress=report)
+
+
+def _run_settings(cfg: AppConfig, images: Sequence[Path], videos: Sequence[VideoFrames]) -> AppConfig:
+    """``cfg`` with the scene graph ``auto`` resolved for these images (a sequence graph for video frames)."""
+    n_frames = sum(len(v.frames) for v in videos)
+    all_frames = bool(videos) and n_frames == len(images)
+    return with_scene_graph(cfg, resolve_scene_graph(cfg.inference, len(images), all_video_frames=all_frames))
+
+
+def _inputs_manifest(paths: Sequence[Path], videos: Sequence[VideoFrames], cfg: AppConfig) -> dict[str, Any]:
+    """Manifest keys of the inputs: ``inputs`` (given paths), ``videos`` (per video: duration, frame
+    rate, rotation, each kept frame's time and sharpness) and ``scene_graph`` (the one run)."""
+    out: dict[str, Any] = {"inputs": [str(p) for p in paths]}
+    if videos:
+        out["videos"] = [v.to_manifest() for v in videos]
+    if cfg.engine == "dust3r":
+        out["scene_graph"] = cfg.inference.scene_graph
     return out
 
 
@@ -272,7 +318,9 @@ def reconstruct(
 ) -> Result:
     """Images -> aligned scene, as a job (see the module docstring).
 
-    image_paths: files and/or folders (a folder = its images in sorted name order).
+    image_paths: files and/or folders (a folder = its images in sorted name order); video files
+    are replaced by their kept frames (:func:`sample_videos`, into ``<job>/inputs/frames``), and
+    the scene graph ``auto`` becomes a sequence graph when every image is a video frame.
     engine: overrides ``cfg.engine`` (a key of ``engines``; default registry: :func:`make_engines`).
     job: where to write; default a new job below ``cfg.jobs.output_root``.
     progress: ``progress(stage, done, total)``; stage names in :data:`STAGE_LABELS`.
@@ -294,9 +342,12 @@ def reconstruct(
         clock("prepare", 0, 1)
         inputs = jobs.copy_inputs(paths, job) if job.copy_inputs else paths
         clock("prepare", 1, 1)
-        scene = attach_gps(eng.reconstruct(list(inputs), cfg, job.dir, clock), inputs)  # EXIF GPS, by image name
+        images, videos = sample_videos(inputs, cfg, job.inputs_dir / "frames", clock)
+        run_cfg = _run_settings(cfg, images, videos)
+        scene = attach_gps(eng.reconstruct(images, run_cfg, job.dir, clock), images)  # EXIF GPS, by image name
+        scene = _add_warnings(scene, [w for v in videos for w in v.warnings])
         pairs = job.pairs_path if job.pairs_path.is_file() and cfg.jobs.save_pairs else None
-        return scene, pairs, {"inputs": [str(p) for p in paths]}
+        return scene, pairs, _inputs_manifest(paths, videos, run_cfg)
 
     logger.info("job %s: %s on %d image(s) in %s", job.id, cfg.engine, len(paths), job.dir)
     return _run_job(job, cfg, clock, body)

@@ -14,9 +14,12 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import tempfile
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +29,9 @@ from PIL import Image, ImageOps
 
 from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_settings, current_value, settings_of
 from core.errors import UserError, internal_error_id
+from core.inputs.plan import plan_run, video_options
 from core.inputs.preprocessing import heif_available
+from core.inputs.video import VideoError, VideoOptions, is_video, sample_video
 from core.outputs.export import EXPORT_FORMATS
 from core.outputs.fused import FUSED_FORMATS
 from pipeline import Pipeline, Result, stage_label
@@ -36,6 +41,8 @@ __all__ = [
     "RUN_KEYS",
     "SessionJobs",
     "UIHandlers",
+    "VIDEO_KEYS",
+    "VideoPreviews",
     "display_config",
     "settings_to_config",
     "setting_widget",
@@ -53,7 +60,10 @@ DISPLAY_KEYS = tuple(s.name for s in settings_of("display"))
 RUN_KEYS = (
     "engine", "checkpoint", "image_size", "enhance", "scene_graph", "window_size", "cyclic", "ref_image", "niter",
     "schedule", "lr", "init_conf_thr", "known_focal", "shared_focal", "early_stop", "matcher", "mapper",
+    "fps", "max_frames", "sharpest", "skip_static",
 )  # fmt: skip
+#: The video sampling settings (the page's "Video" accordion; parameters of /thumbnails too).
+VIDEO_KEYS = ("fps", "max_frames", "sharpest", "skip_static")
 
 
 # --------------------------------------------------------------------------------------------
@@ -124,6 +134,50 @@ class SessionJobs:
     def protected(self) -> frozenset[str]:
         with self._lock:
             return frozenset(j for jobs in self._jobs.values() for j in jobs)
+
+
+@dataclass(frozen=True)
+class _VideoPreview:
+    """The frames a run would keep from one video, as thumbnails."""
+
+    thumbs: tuple[tuple[np.ndarray, str], ...]
+    """(thumbnail (h, w, 3) uint8, frame file name) per kept frame, in time order."""
+    size: tuple[int, int]
+    """(W, H) of the upright frames."""
+    summary: str
+    """:meth:`core.inputs.video.VideoFrames.summary`."""
+    warnings: tuple[str, ...]
+
+
+class VideoPreviews:
+    """Kept frames of uploaded videos, sampled once per (file, options) into a temporary folder
+    below ``root`` (removed right after) and kept as thumbnails; the newest ``max_entries``
+    stay (thread-safe; one per demo)."""
+
+    def __init__(self, root: Path, max_entries: int = 8) -> None:
+        self.root = Path(root)
+        self.max_entries = max_entries
+        self._lock = threading.Lock()
+        self._cache: OrderedDict[tuple, _VideoPreview] = OrderedDict()
+
+    def get(self, path: Path, options: VideoOptions) -> _VideoPreview:
+        """The preview of ``path`` sampled with ``options``; raises VideoError for a bad video."""
+        st = Path(path).stat()
+        key = (str(path), st.st_size, st.st_mtime_ns, options)
+        with self._lock:
+            if key in self._cache:
+                self._cache.move_to_end(key)
+                return self._cache[key]
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix="preview-", dir=self.root) as tmp:
+            frames = sample_video(path, tmp, options)
+            thumbs = tuple((_thumbnail(f.path), f.path.name) for f in frames.frames)
+        preview = _VideoPreview(thumbs, (frames.info.width, frames.info.height), frames.summary(), frames.warnings)
+        with self._lock:
+            self._cache[key] = preview
+            while len(self._cache) > self.max_entries:
+                self._cache.popitem(last=False)
+        return preview
 
 
 def _file_paths(files: Any) -> list[Path]:
@@ -203,6 +257,7 @@ class UIHandlers:
         self.cfg = cfg
         self.pipeline = pipeline
         self.sessions = sessions if sessions is not None else SessionJobs()
+        self.previews = VideoPreviews(Path(cfg.jobs.output_root) / ".previews")
 
     # -- status ----------------------------------------------------------------------------
     def model_status_md(self) -> str:
@@ -230,24 +285,83 @@ class UIHandlers:
         return "<br>".join(lines)
 
     # -- events ----------------------------------------------------------------------------
-    def thumbnails(self, files: Any):
-        """Uploads -> small previews (a Gallery update); unreadable files and too many files give warnings."""
+    def thumbnails(self, files: Any, **settings: Any):
+        """Uploads -> small previews (a Gallery update): photos, and the frames a run keeps from each
+        video (sampled with the video ``settings``); unreadable files and too many files give warnings."""
         paths = _file_paths(files)
         if len(paths) > self.cfg.ui.max_images:
             gr.Warning(f"{len(paths)} images uploaded; at most {self.cfg.ui.max_images} are allowed per run.")
+        options = video_options(self._settings(settings)[1]) if any(map(is_video, paths)) else None
         out = []
         for p in paths:
+            if options is not None and is_video(p):
+                preview = self._video_preview(p, options)
+                out.extend(preview.thumbs if preview is not None else ())
+                continue
             try:
                 out.append((_thumbnail(p), p.name))
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 gr.Warning(f"{p.name}: not a readable image ({type(e).__name__})")
         return gr.Gallery(value=out, visible=bool(out))
 
+    def _video_preview(self, path: Path, options: VideoOptions, *, warn: bool = True) -> _VideoPreview | None:
+        """A video's preview, or None (with a page warning) when it cannot be used."""
+        try:
+            preview = self.previews.get(path, options)
+        except (VideoError, OSError) as e:
+            if warn:
+                gr.Warning(" ".join(str(e).replace(f"{path.parent}{os.sep}", "").split()))
+            return None
+        for w in preview.warnings if warn else ():
+            gr.Warning(w)
+        return preview
+
+    def plan(self, files: Any, **settings: Any) -> str:
+        """Uploads + settings -> one status line before running (``/plan``): images and video frames,
+        the scene graph, pair count and memory estimate (:func:`core.inputs.plan.plan_run`), and a
+        line per video (duration, codec, frames kept); '' without uploads."""
+        paths = _file_paths(files)
+        if not paths:
+            return ""
+        _engine, cfg = self._settings(settings)
+        sizes: list[tuple[int, int]] = []
+        n_frames, notes = 0, []
+        for p in paths:
+            if is_video(p):
+                preview = self._video_preview(p, video_options(cfg), warn=False)
+                if preview is not None:
+                    sizes += [preview.size] * len(preview.thumbs)
+                    n_frames += len(preview.thumbs)
+                    notes.append(preview.summary)
+                continue
+            try:
+                with Image.open(p) as im:
+                    sizes.append(im.size)
+            except (OSError, ValueError, Image.DecompressionBombError):
+                continue
+        if not sizes:
+            return ""
+        try:
+            plan = plan_run(cfg, sizes, n_video_frames=n_frames)
+        except ValueError as e:
+            return f"⚠ {e}"
+        lines = [f"**Before running** · {plan.describe()}"]
+        if plan.too_large:
+            lines.append(f"⚠ {plan.too_large}")
+        lines += [f"<span class='video-summary'>{n}</span>" for n in notes]
+        return "<br>".join(lines)
+
     def _settings(self, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
         try:
             engine, cfg = settings_to_config(self.cfg, settings)
         except ValueError as e:
             raise gr.Error(f"Invalid setting: {e}", print_exception=False) from e
+        if cfg.video.max_frames > self.cfg.ui.max_images:
+            raise gr.Error(
+                f"Invalid setting: max_frames {cfg.video.max_frames} is above the limit of "
+                f"{self.cfg.ui.max_images} images per run.",
+                print_exception=False,
+            )
         if engine not in self.pipeline.engines:
             raise gr.Error(
                 f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.", print_exception=False

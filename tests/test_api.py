@@ -65,3 +65,25 @@ def test_api_errors_are_messages(app_url: str, tmp_path: Path) -> None:
     bad.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 20)
     with pytest.raises(Exception, match="broken.png"):
         client.predict(files=[handle_file(str(bad)), handle_file(str(bad))], api_name="/reconstruct")
+
+
+def test_video_through_the_api(app_url: str, fixtures_dir: Path, tmp_path: Path) -> None:
+    """/thumbnails previews the kept frames, /plan says what the run costs, /reconstruct runs them."""
+    from tests.video_clip import pan_clip
+
+    client = Client(app_url, verbose=False)
+    api = client.view_api(return_format="dict", print_info=False)["named_endpoints"]
+    assert {"fps", "max_frames"} <= {p["parameter_name"] for p in api["/thumbnails"]["parameters"]}
+    assert {"fps", "max_frames", "sharpest", "skip_static"} <= {
+        p["parameter_name"] for p in api["/reconstruct"]["parameters"]
+    }
+    clip = handle_file(str(pan_clip(fixtures_dir, tmp_path / "clip.mp4")))
+    thumbs = client.predict(files=[clip], fps=2, max_frames=4, api_name="/thumbnails")["value"]  # a Gallery update
+    assert len(thumbs) == 4 and all(t["caption"].startswith("clip_t") for t in thumbs)
+    line = client.predict(files=[clip], fps=2, max_frames=4, api_name="/plan")
+    assert "4 video frames" in line and "10 pairs" in line
+    _viewer, gallery, glb, status, _ = client.predict(
+        files=[clip], fps=2, max_frames=4, niter=10, api_name="/reconstruct"
+    )
+    assert "Done" in status and "4 views" in status and len(gallery) == 12
+    assert sum(len(g.vertices) for g in trimesh.load(glb).geometry.values()) > 100

@@ -149,3 +149,43 @@ def test_error_shows_a_message_and_keeps_the_uploads(app_url: str, browser, tmp_
     assert "broken.jpg" in text and "Traceback" not in text and "inputs/" not in text
     assert "broken.jpg" in "".join((page.locator("#upload").text_content() or "").split())  # uploads kept
     page.close()
+
+
+def test_video_upload_previews_frames_and_runs(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:
+    """A short video: its kept frames appear as thumbnails with the plan line; fps changes them; it runs."""
+    from tests.video_clip import pan_clip
+
+    page = browser.new_page(viewport=VIEWPORT)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(app_url)
+    page.wait_for_selector("#run-btn", timeout=60_000)
+    clip = pan_clip(fixtures_dir, tmp_path / "clip.mp4")
+    page.locator("#upload input[type=file]").set_input_files([str(clip)])
+    page.wait_for_function("document.querySelectorAll('#thumbs img').length === 2", timeout=60_000)  # 1 fps
+    page.wait_for_function("document.querySelector('#plan').innerText.includes('2 video frames')", timeout=60_000)
+
+    page.click("#video-settings button.label-wrap, #video-settings .label-wrap")  # open the Video accordion
+    fps = page.locator("#video-settings input[type=number]").first
+    fps.fill("2")
+    fps.press("Enter")
+    page.wait_for_function("document.querySelectorAll('#thumbs img').length === 4", timeout=60_000)
+    page.wait_for_function("document.querySelector('#plan').innerText.includes('4 video frames')", timeout=60_000)
+    plan = page.inner_text("#plan")
+    assert "logwin-2-noncyclic (auto)" in plan and "10 pairs" in plan and "clip.mp4" in plan
+
+    page.click("#run-btn")
+    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=180_000)
+    assert "4 views" in page.inner_text("#status")
+    page.wait_for_selector("#viewer canvas", timeout=60_000)
+    deadline = time.time() + 60
+    while not _rendered(_canvas_pixels(page)):
+        assert time.time() < deadline, "the 3D viewer canvas stayed blank"
+        time.sleep(0.5)
+    shot = tmp_path / "video.png"
+    page.evaluate("window.scrollTo(0, 0)")
+    page.screenshot(path=str(shot))
+    if os.environ.get("VIDEO_SCREENSHOT_PATH"):
+        shutil.copyfile(shot, os.environ["VIDEO_SCREENSHOT_PATH"])
+    assert not errors, errors
+    page.close()

@@ -282,3 +282,65 @@ def test_startup_tunes_the_cpu_allocator_before_any_thread(monkeypatch, enabled:
     monkeypatch.setattr(runtime, "tune_cpu_allocator", lambda: calls.append(1) or True)
     cli._configure(False, "reconstruct", enabled)
     assert calls == ([1] if enabled else [])
+
+
+def test_reconstruct_a_video_with_fps_and_max_frames(fixtures_dir: Path, tmp_path: Path, capsys) -> None:
+    """`reconstruct clip.mp4 --fps 2 --max-frames 4 -o out`: 4 frames by time, the sequence graph, the manifest."""
+    from tests.video_clip import pan_clip
+
+    clip = pan_clip(fixtures_dir, tmp_path / "clip.mp4")
+    out = tmp_path / "out"
+    argv = [
+        str(clip),
+        "--fps",
+        "2",
+        "--max-frames",
+        "4",
+        "-o",
+        str(out),
+        "--checkpoint",
+        str(fixtures_dir / "tiny_linear"),
+    ]
+    code = cli.main(
+        ["reconstruct", *argv, "--image-size", "64", "--device", "cpu", "--niter", "10", "--precision", "fp32"]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert "4 views" in capsys.readouterr().out
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [im["name"] for im in manifest["images"]]
+    assert len(names) == 4 and all(n.startswith("clip_t") and n.endswith("s.jpg") for n in names)
+    assert all((out / "inputs" / "frames" / n).is_file() for n in names)
+    (video,) = manifest["videos"]
+    assert video["video"] == "clip.mp4" and video["duration_s"] == pytest.approx(2.0, abs=0.15)
+    assert video["fps"] == pytest.approx(10.0, rel=0.05) and video["rotation"] == 0
+    assert [f["file"] for f in video["frames"]] == names
+    times = [f["time_s"] for f in video["frames"]]
+    assert [int(t // 0.5) for t in times] == [0, 1, 2, 3]  # one frame per 1/fps interval
+    assert names == [f"clip_t{t:06.2f}s.jpg" for t in times] and all(f["sharpness"] > 0 for f in video["frames"])
+    assert video["sampling"]["fps"] == 2.0 and video["sampling"]["max_frames"] == 4
+    # auto scene graph: a log window over time for video frames, not the complete graph
+    assert manifest["settings"]["inference"]["graph"] == "auto"
+    assert manifest["scene_graph"] == "logwin-2-noncyclic" and manifest["engine_info"]["n_pairs"] == 10
+    assert "frames" in manifest["timings_s"]
+
+
+@pytest.mark.parametrize(
+    ("content", "needle"),
+    [(b"\x00\x00\x00\x18ftypmp42" + b"\0" * 64, "broken.mp4: not a readable video"), (None, "no video stream")],
+)
+def test_bad_video_is_a_one_line_input_error(content, needle, tmp_path: Path, capsys) -> None:
+    bad = tmp_path / "broken.mp4"
+    if content is not None:
+        bad.write_bytes(content)
+    else:  # a stream with no video: sound only
+        import av
+
+        with av.open(str(bad), "w") as container:
+            stream = container.add_stream("aac", rate=8000)
+            frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            frame.sample_rate = 8000
+            for packet in [*stream.encode(frame), *stream.encode(None)]:
+                container.mux(packet)
+    assert cli.main(["reconstruct", str(bad), "-o", str(tmp_path / "o"), "--device", "cpu"]) == cli.EXIT_INPUT
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and _last_line(err).startswith("error: broken.mp4") and needle in _last_line(err)

@@ -299,3 +299,32 @@ def test_internal_errors_are_logged_with_an_id(ui_run, monkeypatch, caplog) -> N
     eid = info.value.message.split()[2].rstrip(":")
     assert info.value.message.startswith("Internal error E-") and "KeyError" not in info.value.message
     assert any(eid in r.getMessage() and r.exc_info for r in caplog.records)
+
+
+def test_video_thumbnails_plan_and_limits(fixtures_dir: Path, images: list[str], tmp_path: Path) -> None:
+    """A video upload previews the frames a run keeps; the plan line gives the graph, pairs and memory."""
+    from tests.video_clip import pan_clip
+
+    cfg = _cfg(fixtures_dir, tmp_path / "jobs")
+    handlers = gradio_ui.UIHandlers(cfg, pipeline.Pipeline(cfg))
+    clip = str(pan_clip(fixtures_dir, tmp_path / "clip.mp4"))
+    update = handlers.thumbnails([clip], fps=2, max_frames=4)
+    captions = [item["caption"] for item in update.value]
+    assert update.visible is True and len(captions) == 4
+    assert all(c.startswith("clip_t") and c.endswith("s.jpg") for c in captions)
+    assert not any((tmp_path / "jobs" / ".previews").iterdir())  # sampled into a temporary folder, removed
+    line = handlers.plan([clip], fps=2, max_frames=4)
+    assert "4 video frames" in line and "logwin-2-noncyclic (auto)" in line and "10 pairs" in line
+    assert "GB" in line and "clip.mp4: 2.0 s" in line and "kept 4 of 20 frames" in line
+    assert "scene graph complete · 12 pairs" in handlers.plan([clip], fps=2, max_frames=4, scene_graph="complete")
+    assert "1 photo + 2 video frames" in handlers.plan([images[0], clip], fps=1, max_frames=2)
+    assert handlers.plan(None) == ""
+    with pytest.raises(gr.Error, match="max_frames 9 is above the limit of 4"):
+        handlers.thumbnails([clip], max_frames=9)
+    bad = tmp_path / "broken.mov"
+    bad.write_bytes(b"\0" * 100)
+    with pytest.warns(UserWarning, match="broken.mov: not a readable video"):
+        update = handlers.thumbnails([images[0], str(bad)])
+    assert [item["caption"] for item in update.value] == ["img0.png"]
+    upload = next(b for b in gradio_ui.build_demo(cfg, handlers.pipeline).blocks.values() if b.elem_id == "upload")
+    assert {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".png"} <= set(upload.file_types)

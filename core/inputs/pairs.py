@@ -8,6 +8,9 @@ Names, as in the reference (FORMAT.md section 4):
 - ``logwin-K``: each image with the ones at offsets +-1, +-2, +-4, ..., +-2^(K-1), wrapping;
   ``logwin-K-noncyclic`` does not wrap.
 - ``oneref-I``: image I with every other image.
+- ``auto``: what the run's inputs call for. Here it is ``complete``; the pipeline resolves it
+  first (``core.inputs.plan.resolve_scene_graph``): video frames get a sliding log window
+  over time (``core.inputs.video.sequence_scene_graph``), photos the complete graph.
 
 With ``symmetrize`` (the default, and what the reference app does) the list is followed by the
 same pairs reversed, so each edge is seen from both sides; for 3 images ``complete`` gives
@@ -51,12 +54,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-SceneGraphKind = Literal["complete", "swin", "logwin", "oneref"]
+SceneGraphKind = Literal["complete", "swin", "logwin", "oneref", "auto"]
 
-#: The graph kinds, in the order the UI lists them.
-SCENE_GRAPH_KINDS: tuple[SceneGraphKind, ...] = ("complete", "swin", "logwin", "oneref")
+#: The graph kinds (``auto`` last: it was added after the others).
+SCENE_GRAPH_KINDS: tuple[SceneGraphKind, ...] = ("complete", "swin", "logwin", "oneref", "auto")
 
-_EXPECTED = "'complete', 'swin-K', 'swin-K-noncyclic', 'logwin-K', 'logwin-K-noncyclic' or 'oneref-I'"
+_EXPECTED = "'auto', 'complete', 'swin-K', 'swin-K-noncyclic', 'logwin-K', 'logwin-K-noncyclic' or 'oneref-I'"
 _WINDOWED = re.compile(r"(swin|logwin)-(-?\d+)(-noncyclic)?")
 _ONEREF = re.compile(r"oneref-(-?\d+)")
 
@@ -64,7 +67,8 @@ _ONEREF = re.compile(r"oneref-(-?\d+)")
 def parse_scene_graph(name: str) -> tuple[SceneGraphKind, int | None, bool]:
     """Scene-graph name -> (kind, parameter, cyclic).
 
-    ``"complete"`` -> ("complete", None, False); ``"swin-3"`` -> ("swin", 3, True);
+    ``"complete"`` -> ("complete", None, False); ``"auto"`` -> ("auto", None, False);
+    ``"swin-3"`` -> ("swin", 3, True);
     ``"logwin-2-noncyclic"`` -> ("logwin", 2, False); ``"oneref-0"`` -> ("oneref", 0, False).
     Surrounding blanks and letter case are ignored. Raises ValueError (with the name) for an
     unknown kind, a missing or non-integer number, or K < 1 / I < 0. Whether I is a valid
@@ -73,8 +77,8 @@ def parse_scene_graph(name: str) -> tuple[SceneGraphKind, int | None, bool]:
     if not isinstance(name, str):
         raise TypeError(f"scene graph must be a str, got {type(name).__name__}")
     text = name.strip().lower()
-    if text == "complete":
-        return "complete", None, False
+    if text in ("complete", "auto"):
+        return text, None, False  # type: ignore[return-value]
     if m := _WINDOWED.fullmatch(text):
         kind: SceneGraphKind = "swin" if m.group(1) == "swin" else "logwin"
         k = int(m.group(2))
@@ -97,8 +101,8 @@ def format_scene_graph(kind: str, param: int | None = None, *, cyclic: bool = Tr
     >>> format_scene_graph("swin", 2, cyclic=False)
     'swin-2-noncyclic'
     """
-    if kind == "complete":
-        name = "complete"
+    if kind in ("complete", "auto"):
+        name = kind
     elif kind in ("swin", "logwin"):
         name = f"{kind}-{param}" + ("" if cyclic else "-noncyclic")
     elif kind == "oneref":
@@ -154,7 +158,8 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
 
     n_images: number of views (>= 2; duplicate a single image first, see the module docs).
     Returns a list of P (i, j) int tuples with i != j; with ``symmetrize`` the second half is the
-    first half reversed pair by pair. Raises ValueError for n_images < 2, a bad name or
+    first half reversed pair by pair. ``auto`` gives the complete graph (see the module docs).
+    Raises ValueError for n_images < 2, a bad name or
     parameter, or a ``oneref`` index outside 0..n_images-1.
     """
     if isinstance(n_images, bool) or not isinstance(n_images, int):
@@ -169,8 +174,8 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
             "so that n_images is 2"
         )
     n = n_images
-    k = param if param is not None else 0  # None only for "complete"
-    if kind == "complete":
+    k = param if param is not None else 0  # None only for "complete" and "auto"
+    if kind in ("complete", "auto"):  # auto: resolved by the pipeline before; photos -> complete
         pairs = [(i, j) for i in range(n) for j in range(i)]
     elif kind == "swin":
         pairs = _ordered_unique(_swin_candidates(n, k, cyclic))
