@@ -37,7 +37,7 @@ from core.errors import (
     UserError,
     exit_code_for,
 )
-from core.outputs.export import EXPORT_FORMATS
+from core.outputs.export import ALL_FORMATS
 
 __all__ = ["main", "build_parser", "EXIT_OK", "EXIT_FAILED", "EXIT_USAGE", "EXIT_INPUT", "EXIT_WEIGHTS"]
 
@@ -119,7 +119,7 @@ def _output_options(p: argparse.ArgumentParser) -> None:
         "--export",
         default="glb,npz",
         metavar="LIST",
-        help=f"comma list of {', '.join(EXPORT_FORMATS)}, or 'all' "
+        help=f"comma list of {', '.join(ALL_FORMATS)}, or 'all' "
         "(scene.npz, scene.glb and manifest.json are always written)",
     )
     g.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="debug logging and tracebacks")

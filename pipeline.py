@@ -53,7 +53,7 @@ from core.jobs import (
     update_manifest,
     write_manifest,
 )
-from core.outputs.export import EXPORT_FORMATS, add_to_zip, export_scene
+from core.outputs.export import ALL_FORMATS, add_to_zip, export_scene
 from core.outputs.postprocessing import point_masks, sparse_mask
 from core.outputs.visualization import render_view_maps
 from core.runtime import resolve_device
@@ -405,13 +405,13 @@ def export(
 ) -> dict[str, Path]:
     """Write the scene's outputs with these display settings; nothing is re-run.
 
-    formats: names from :data:`core.outputs.export.EXPORT_FORMATS`. out_dir: default a fresh
+    formats: names from :data:`core.outputs.export.ALL_FORMATS`. out_dir: default a fresh
     ``exports/<n>`` folder of the job, so concurrent exports never share a file. Returns format ->
     written path. Writing into the job's own folder records the files in its manifest.
     """
-    unknown = [f for f in formats if f not in EXPORT_FORMATS]
+    unknown = [f for f in formats if f not in ALL_FORMATS]
     if unknown:
-        raise SettingsError(f"unknown export format(s) {unknown}; choose from {', '.join(EXPORT_FORMATS)}")
+        raise SettingsError(f"unknown export format(s) {unknown}; choose from {', '.join(ALL_FORMATS)}")
     out = Path(out_dir) if out_dir is not None else jobs.new_export_dir(result.job)
     out.mkdir(parents=True, exist_ok=True)
     masks = scene_masks(result.scene, post_cfg)

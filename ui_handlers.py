@@ -112,7 +112,7 @@ def setting_widget(cfg: AppConfig, name: str, label: str, **overrides: Any):
 def package_formats(viz: VizConfig) -> tuple[str, ...]:
     """What the page's zip holds: every format, and the fused surface or voxels only while they are
     shown (each costs a fusion, seconds on a CPU)."""
-    return tuple(f for f in EXPORT_FORMATS if f not in FUSED_FORMATS or f == viz.view_mode)
+    return (*EXPORT_FORMATS, *(f for f in FUSED_FORMATS if f == viz.view_mode))
 
 
 class SessionJobs:

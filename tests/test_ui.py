@@ -122,7 +122,7 @@ def test_settings_to_config() -> None:
     with pytest.raises(ValueError, match="image_size"):
         gradio_ui.settings_to_config(base, {"image_size": 100})
     with pytest.raises(ValueError, match="view_mode"):
-        gradio_ui.display_config(base, {"view_mode": "voxels"})
+        gradio_ui.display_config(base, {"view_mode": "hologram"})  # voxels became a view mode (issue 13)
 
 
 @pytest.fixture(scope="module")

@@ -69,6 +69,7 @@ from core.types import Scene
 
 __all__ = [
     "EXPORT_FORMATS",
+    "ALL_FORMATS",
     "COLMAP_DEPTH_TOL",
     "FRAMES",
     "GIS_FORMATS",
@@ -88,10 +89,9 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-EXPORT_FORMATS = (
-    "glb", "ply", "obj", "colmap", "json", "npz", "depth", "surface", "voxels", "las", "dsm", "georef", "splat-ready",
-    "zip",
-)  # fmt: skip
+EXPORT_FORMATS = ("glb", "ply", "obj", "colmap", "json", "npz", "depth", "las", "dsm", "georef", "splat-ready", "zip")
+ALL_FORMATS = (*EXPORT_FORMATS[:-1], *FUSED_FORMATS, "zip")
+"""Every format; the fused ones (``surface``, ``voxels``) cost a fusion, so only ``all`` or their names ask for them."""
 GIS_FORMATS = ("las", "dsm", "georef")
 """Formats that need a georeference (``georef`` also accepts a scale from ``scale_from``)."""
 ZIP_NAME = "reconstruction.zip"
@@ -128,12 +128,12 @@ def parse_formats(text: str) -> set[str]:
         raise TypeError(f"formats must be a string like 'glb,ply' or 'all', got {type(text).__name__}")
     items = [t.strip().lower() for t in text.split(",") if t.strip()]
     if not items:
-        raise ValueError(f"no export format given; choose from {', '.join(EXPORT_FORMATS)} or 'all'")
+        raise ValueError(f"no export format given; choose from {', '.join(ALL_FORMATS)} or 'all'")
     if "all" in items:
-        return set(EXPORT_FORMATS)
-    unknown = sorted(set(items) - set(EXPORT_FORMATS))
+        return set(ALL_FORMATS)
+    unknown = sorted(set(items) - set(ALL_FORMATS))
     if unknown:
-        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; valid: {', '.join(EXPORT_FORMATS)} or 'all'")
+        raise ValueError(f"unknown export format(s) {', '.join(unknown)}; valid: {', '.join(ALL_FORMATS)} or 'all'")
     return set(items)
 
 
@@ -418,11 +418,11 @@ class ExportResult:
 def _plan(scene: Scene, formats: Iterable[str], geo: Georef) -> tuple[set[str], dict[str, str]]:
     """(formats to write, skipped format -> reason); ``zip`` means every format plus the zip."""
     formats = set(formats)
-    unknown = formats - set(EXPORT_FORMATS)
+    unknown = formats - set(ALL_FORMATS)
     if unknown:
-        raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(EXPORT_FORMATS)}")
+        raise ValueError(f"unknown export format(s) {sorted(unknown)}; valid: {', '.join(ALL_FORMATS)}")
     if "zip" in formats:  # everything, except the fused outputs unless they are named (they cost a fusion)
-        formats = (set(EXPORT_FORMATS) - set(FUSED_FORMATS)) | (formats & set(FUSED_FORMATS))
+        formats = set(EXPORT_FORMATS) | (formats & set(FUSED_FORMATS))
     skipped = skipped_formats(scene, formats, georef=geo)
     for fmt, why in skipped.items():
         logger.info("export %s skipped: %s", fmt, why)
@@ -509,7 +509,7 @@ def export_scene(
 
     masks: the keep masks the caller computed once for the current display settings
     (:func:`core.outputs.postprocessing.point_masks` / ``sparse_mask``); every writer uses them.
-    None computes them here with ``post_cfg``. formats: names from :data:`EXPORT_FORMATS`;
+    None computes them here with ``post_cfg``. formats: names from :data:`ALL_FORMATS`;
     ``zip`` means "everything, plus reconstruction.zip". No manifest is written (see
     :class:`ExportResult` and :func:`add_to_zip`). Files per key of ``ExportResult.written``:
 

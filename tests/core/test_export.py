@@ -19,6 +19,7 @@ from config import PostprocessConfig, VizConfig
 from core.engines.colmap import original_from_display
 from core.outputs.colmap_model import colmap_reconstruction
 from core.outputs.export import (
+    ALL_FORMATS,
     EXPORT_FORMATS,
     GIS_FORMATS,
     add_to_zip,
@@ -57,7 +58,7 @@ def exported(dense, tmp_path_factory):
 
 def test_parse_formats():
     assert parse_formats("glb, PLY ,npz") == {"glb", "ply", "npz"}
-    assert parse_formats("all") == set(EXPORT_FORMATS)
+    assert parse_formats("all") == set(ALL_FORMATS) == set(EXPORT_FORMATS) | {"surface", "voxels"}  # issue 13
     assert parse_formats("zip") == {"zip"}
     with pytest.raises(ValueError, match="unknown export format.*stl.*valid: glb, ply"):
         parse_formats("glb,stl")
@@ -71,7 +72,9 @@ def test_export_writes_every_format_and_zips_them(exported):
     result, out_dir = exported
     out = result.written
     # issue 17: the GIS formats are part of "all" and skipped with a reason when the scene has no GPS
-    assert set(out) == (set(EXPORT_FORMATS) - set(GIS_FORMATS)) | {"maps"}
+    # issue 13: "all" also asks for the fused surface and voxels (each writes three files)
+    fused = {"surface", "surface_ply", "surface_obj", "voxels", "voxels_binvox", "voxels_glb"}
+    assert set(out) == (set(EXPORT_FORMATS) - set(GIS_FORMATS)) | {"maps"} | fused
     manifest = result.describe()
     assert set(manifest["skipped"]) == set(GIS_FORMATS) and manifest["written"]["zip"] == "reconstruction.zip"
     assert not (out_dir / "manifest.json").exists()  # the pipeline writes the job's manifest
