@@ -102,9 +102,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import torch
 
     from core import runtime
-    from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference, view_cache_bytes
     from core.inputs.pairs import make_pairs
-    from core.types import InputImage
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -114,11 +112,40 @@ def _worker(args: argparse.Namespace) -> dict:
     net = _build_model(device)
     g = torch.Generator().manual_seed(1)
     tensors = [torch.rand(1, 3, h, w, generator=g) * 2 - 1 for _ in range(n)]
-    images = [
-        InputImage(tensor=t, idx=k, name=f"random{k}", original_size=(w, h), resized_size=(w, h), crop_box=(0, 0, w, h))
-        for k, t in enumerate(tensors)
-    ]
     pairs = make_pairs(n, "complete")
+    encoded = _count_encodes(net, device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {
+        "mode": args.worker,
+        "n_images": n,
+        "pairs": len(pairs),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "size": f"{w}x{h}",
+        "base": _current_bytes(device),
+    }
+    if args.worker == "reference":
+        total, outputs = _reference_run(args.reference_repo, net, tensors, device, encoded, args.baseline_pairs)
+        finite = all(bool(torch.isfinite(o).all()) for outs in outputs.values() for o in outs)
+        result.update(_extrapolated(encoded, total, len(outputs), len(pairs)))
+    elif args.worker == "baseline":
+        outputs, finite, timing = _baseline_run(net, tensors, pairs, device, encoded, args.baseline_pairs)
+        result.update(timing)
+    else:
+        run = _ours_run(args, net, tensors, pairs, device, encoded)
+        if "skipped" in run:
+            return {**result, **run}
+        outputs, finite = run.pop("outputs"), run.pop("finite")
+        result.update(run)
+    result.update(t_decode=result["t_total"] - result["t_encode"], peak=_peak_bytes(device), finite=finite)
+    if args.outputs_dir and outputs:
+        _save_outputs(Path(args.outputs_dir) / f"{args.worker}-{n}.npz", outputs)
+    return result
+
+
+def _count_encodes(net, device) -> dict:
+    """Wrap ``net.encode`` to count encoded images and the seconds spent encoding."""
     encoded = {"images": 0, "seconds": 0.0}
     original_encode = net.encode
 
@@ -132,89 +159,80 @@ def _worker(args: argparse.Namespace) -> dict:
         return out
 
     net.encode = counting_encode
-    outputs: dict[tuple[int, int], list] = {}  # (i, j) -> [pts3d_1, conf_1, pts3d_2, conf_2] (CPU)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    result = {
-        "mode": args.worker,
-        "n_images": n,
-        "pairs": len(pairs),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "size": f"{w}x{h}",
-        "base": _current_bytes(device),
-    }
+    return encoded
+
+
+def _baseline_run(net, tensors, pairs, device, encoded: dict, baseline_pairs: int) -> tuple[dict, bool, dict]:
+    """The official demo's loop: one pair at a time, both images encoded for every pair, fp32."""
+    import torch
+
+    run = pairs[:baseline_pairs] if baseline_pairs else pairs
+    net.to(memory_format=torch.contiguous_format)  # the reference's weight layout
     finite = True
-    if args.worker == "reference":
-        total, outputs = _reference_run(args.reference_repo, net, tensors, device, encoded, args.baseline_pairs)
-        finite = all(bool(torch.isfinite(o).all()) for outs in outputs.values() for o in outs)
-        result.update(_extrapolated(encoded, total, len(outputs), len(pairs)))
-    elif args.worker == "baseline":
-        run = pairs[: args.baseline_pairs] if args.baseline_pairs else pairs
-        net.to(memory_format=torch.contiguous_format)  # the reference's weight layout
-        _sync(device)
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for i, j in run:
-                pred1, pred2 = net(tensors[i].to(device), tensors[j].to(device))
-                outs = [
-                    pred1["pts3d"].cpu(),
-                    pred1["conf"].cpu(),
-                    pred2["pts3d_in_other_view"].cpu(),
-                    pred2["conf"].cpu(),
-                ]
-                finite = finite and all(bool(torch.isfinite(o).all()) for o in outs)
-        _sync(device)
-        total = time.perf_counter() - t0
-        result.update(_extrapolated(encoded, total, len(run), len(pairs)))
-    else:
-        dtype = None if args.worker == "ours-fp32" else runtime.select_autocast_dtype(device, "auto")
-        if args.worker == "ours-amp" and dtype is None:
-            return {**result, "skipped": "no native bf16 on this CPU (autocast would be slow): mode skipped"}
-        marks: dict[str, float] = {}
+    _sync(device)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for i, j in run:
+            pred1, pred2 = net(tensors[i].to(device), tensors[j].to(device))
+            outs = [pred1["pts3d"].cpu(), pred1["conf"].cpu(), pred2["pts3d_in_other_view"].cpu(), pred2["conf"].cpu()]
+            finite = finite and all(bool(torch.isfinite(o).all()) for o in outs)
+    _sync(device)
+    return {}, finite, _extrapolated(encoded, time.perf_counter() - t0, len(run), len(pairs))
 
-        def progress(stage: str, done: int, total: int) -> None:
-            if stage == "pairs" and done == 0:
-                _sync(device)
-                marks["encoded"] = time.perf_counter()
 
-        cfg = InferenceConfig(
-            scene_graph="complete",
-            batch_size=args.batch_size,
-            view_cache_gb=args.view_cache_gb,
-            tune_cpu_allocator=not args.no_allocator_tuning,
-        )
-        est = estimate_memory(
-            [(h, w)] * n,
-            pairs,
-            ModelDims.from_model(net),
-            device=device,
-            autocast_dtype=dtype,
-            batch_size=resolve_batch_size(args.batch_size, device),
-            view_cache_bytes=view_cache_bytes(cfg),
-        )
-        if device.type == "cpu" and cfg.tune_cpu_allocator:
-            runtime.tune_cpu_allocator()  # what the entry points do (main.py, the DUSt3R engine)
-        _sync(device)
-        t0 = time.perf_counter()
-        preds = run_inference(net, images, cfg, pairs=pairs, device=device, autocast_dtype=dtype, progress=progress)
-        _sync(device)
-        total = time.perf_counter() - t0
-        fields = (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2)
-        finite = all(bool(torch.isfinite(t).all()) for f in fields for t in f)
-        outputs = {(i, j): [f[p] for f in fields] for p, (i, j) in enumerate(preds.pairs.tolist())}
-        result.update(
-            pairs_run=len(pairs),
-            encoder_passes=encoded["images"],
-            t_encode=marks["encoded"] - t0,
-            t_total=total,
-            autocast={torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
-            estimate=est.bytes_peak,
-        )
-    result.update(t_decode=result["t_total"] - result["t_encode"], peak=_peak_bytes(device), finite=finite)
-    if args.outputs_dir and outputs:
-        _save_outputs(Path(args.outputs_dir) / f"{args.worker}-{n}.npz", outputs)
-    return result
+def _ours_run(args, net, tensors, pairs, device, encoded: dict) -> dict:
+    """``run_inference`` in fp32 or under autocast; returns timings, the estimate, outputs and finiteness."""
+    import torch
+
+    from core import runtime
+    from core.inference import ModelDims, estimate_memory, resolve_batch_size, run_inference, view_cache_bytes
+    from core.types import InputImage
+
+    n, (w, h) = len(tensors), args.size
+    dtype = None if args.worker == "ours-fp32" else runtime.select_autocast_dtype(device, "auto")
+    if args.worker == "ours-amp" and dtype is None:
+        return {"skipped": "no native bf16 on this CPU (autocast would be slow): mode skipped"}
+    images = [
+        InputImage(tensor=t, idx=k, name=f"random{k}", original_size=(w, h), resized_size=(w, h), crop_box=(0, 0, w, h))
+        for k, t in enumerate(tensors)
+    ]
+    marks: dict[str, float] = {}
+
+    def progress(stage: str, done: int, total: int) -> None:
+        if stage == "pairs" and done == 0:
+            _sync(device)
+            marks["encoded"] = time.perf_counter()
+
+    cfg = InferenceConfig(
+        batch_size=args.batch_size, view_cache_gb=args.view_cache_gb, tune_cpu_allocator=not args.no_allocator_tuning
+    )
+    est = estimate_memory(
+        [(h, w)] * n,
+        pairs,
+        ModelDims.from_model(net),
+        device=device,
+        autocast_dtype=dtype,
+        batch_size=resolve_batch_size(args.batch_size, device),
+        view_cache_bytes=view_cache_bytes(cfg),
+    )
+    if device.type == "cpu" and cfg.tune_cpu_allocator:
+        runtime.tune_cpu_allocator()  # what the entry points do (main.py, the DUSt3R engine)
+    _sync(device)
+    t0 = time.perf_counter()
+    preds = run_inference(net, images, cfg, pairs=pairs, device=device, autocast_dtype=dtype, progress=progress)
+    _sync(device)
+    total = time.perf_counter() - t0
+    fields = (preds.pts3d_1, preds.conf_1, preds.pts3d_2, preds.conf_2)
+    return {
+        "outputs": {(i, j): [f[p] for f in fields] for p, (i, j) in enumerate(preds.pairs.tolist())},
+        "finite": all(bool(torch.isfinite(t).all()) for f in fields for t in f),
+        "pairs_run": len(pairs),
+        "encoder_passes": encoded["images"],
+        "t_encode": marks["encoded"] - t0,
+        "t_total": total,
+        "autocast": {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32"),
+        "estimate": est.bytes_peak,
+    }
 
 
 def _extrapolated(encoded: dict, seconds: float, pairs_run: int, pairs: int) -> dict:

@@ -140,6 +140,25 @@ def _render(
     return {"t": t, "pts": pts, "label": label, "rgb": rgb, "dirs": dirs, "origin": origin}
 
 
+def _defect_masks(
+    label: np.ndarray, rng: np.random.Generator, n_haze: int, n_occluders: int, n_outliers: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(haze, occluder, outlier) (H, W) bool masks planted on the object and the wall of one view."""
+    haze, occ, out = (np.zeros(label.shape, bool) for _ in range(3))
+    surface = np.flatnonzero((label == 0).ravel() | (label == 1).ravel())
+    if n_occluders:
+        # a compact blob on the sphere near the image centre, visible from the other views
+        sphere_px = np.argwhere(label == 0)
+        centre = sphere_px.mean(0)
+        order = np.argsort(((sphere_px - centre) ** 2).sum(1))[:n_occluders]
+        occ[tuple(sphere_px[order].T)] = True
+    free = np.setdiff1d(surface, np.flatnonzero(occ.ravel()))
+    picks = rng.choice(free, size=n_haze + n_outliers, replace=False)
+    haze.ravel()[picks[:n_haze]] = True
+    out.ravel()[picks[n_haze:]] = True
+    return haze, occ, out
+
+
 def make_dense_scene(
     n_views: int = 3,
     height: int = 48,
@@ -177,20 +196,7 @@ def make_dense_scene(
         r = _render(poses[k], focal, pp, height, width, wall_z=wall_z, wall_top=wall_top, satellite=satellite)
         t, label = r["t"].copy(), r["label"]
         conf = np.select([label == 0, label == 1, label == 2], [30.0, wall_conf, 25.0], sky_conf)
-        haze = np.zeros((height, width), bool)
-        occ = np.zeros((height, width), bool)
-        out = np.zeros((height, width), bool)
-        surface = np.flatnonzero((label == 0).ravel() | (label == 1).ravel())
-        if n_occluders:
-            # a compact blob on the sphere near the image centre, visible from the other views
-            sphere_px = np.argwhere(label == 0)
-            centre = sphere_px.mean(0)
-            order = np.argsort(((sphere_px - centre) ** 2).sum(1))[:n_occluders]
-            occ[tuple(sphere_px[order].T)] = True
-        free = np.setdiff1d(surface, np.flatnonzero(occ.ravel()))
-        picks = rng.choice(free, size=n_haze + n_outliers, replace=False)
-        haze.ravel()[picks[:n_haze]] = True
-        out.ravel()[picks[n_haze:]] = True
+        haze, occ, out = _defect_masks(label, rng, n_haze, n_occluders, n_outliers)
         t[haze] *= 0.6
         conf[haze] = 1.5
         t[occ] *= 0.7
