@@ -238,9 +238,17 @@ class ColmapConfig:
     num_threads: int = 0
     """CPU threads for extraction, matching and mapping (0 = every core this process may use)."""
     display_max_size: int = 1024
-    """Long side of the images stored in the scene (intrinsics refer to these images)."""
+    """Long side of the images stored in a sparse scene (intrinsics refer to these images)."""
+    dense: bool = True
+    """After mapping, compute per-view depth, confidence and points by multi-view stereo
+    (``core.engines.mvs``); False keeps the sparse scene (``--sparse``)."""
+    mvs_size: int = 640
+    """Dense step's working resolution: long side in pixels of the undistorted images the depth maps
+    are computed on and the dense scene stores (never larger than the images COLMAP ran on)."""
 
     def __post_init__(self) -> None:
+        _check(isinstance(self.dense, bool), f"dense must be a bool, got {self.dense!r}")
+        _check(64 <= self.mvs_size <= 4096, f"mvs_size must be in 64..4096, got {self.mvs_size}")
         _check(self.exhaustive_max_images >= 2, f"exhaustive_max_images must be >= 2, got {self.exhaustive_max_images}")
         _check(self.max_image_size >= 0, f"max_image_size must be >= 0, got {self.max_image_size}")
         _check(self.sequential_overlap >= 1, f"sequential_overlap must be >= 1, got {self.sequential_overlap}")
