@@ -32,7 +32,7 @@ pinhole intrinsics and fill ``depths``/``pts3d``/``conf`` (see :mod:`core.engine
   the scene is pinhole, so the distortion is dropped and reported per image in
   ``extra["cameras"]`` (``max_distortion_px``: how far, in pixels of the COLMAP image, the
   pinhole model misplaces the image corners). A warning names images where that exceeds 1%
-  of the image diagonal. Use ``camera_model="SIMPLE_PINHOLE"`` or ``"PINHOLE"`` to map with an
+  of the image diagonal (sparse scenes only: the dense step undistorts the images it stores). Use ``camera_model="SIMPLE_PINHOLE"`` or ``"PINHOLE"`` to map with an
   exactly pinhole camera.
 - ``world_from_cam[k]``: inverse of COLMAP's ``cam_from_world`` (COLMAP already uses OpenCV
   axes). The world frame and scale are COLMAP's (arbitrary gauge).
@@ -651,7 +651,7 @@ class ColmapEngine:
             pps.append(k_disp[:2, 2])
             o_from_p.append(original_from_display(p.original_size, disp_size))
             distortion = _max_distortion_px(cam)
-            if distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
+            if not ccfg.dense and distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
                 warnings.append(
                     f"{p.name}: strong lens distortion ({distortion:.0f} px at the corners of a "
                     f"{cam.width}x{cam.height} image) is not represented by the pinhole cameras "
