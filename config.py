@@ -379,7 +379,12 @@ class ColmapConfig(Validated):
     num_threads: int = num(0, 0)
     """CPU threads for extraction, matching and mapping (0 = every core this process may use)."""
     display_max_size: int = num(1024, 64)
-    """Long side of the images stored in the scene (intrinsics refer to these images)."""
+    """Sparse scenes: long side of the images stored in the scene (intrinsics refer to these images)."""
+    dense: bool = True
+    """Run multi-view stereo after mapping, so the scene has per-view depth, confidence and a full model
+    (off: the sparse points only)."""
+    mvs_size: int = num(640, 64, 4096)
+    """Dense stereo working size: long side of the undistorted images (never above the images COLMAP ran on)."""
 
 
 @dataclass(frozen=True)
@@ -494,6 +499,8 @@ _TABLE: tuple[tuple, ...] = (
     ("descriptors", "inference.descriptors", "input"),
     ("matcher", "colmap.matcher", "input"),
     ("mapper", "colmap.mapper", "input"),
+    ("dense", "colmap.dense", "input"),
+    ("mvs_size", "colmap.mvs_size", "input"),
     ("save_pairs", "jobs.save_pairs", "input"),
     ("fps", "video.fps", "input"),
     ("target_frames", "video.target_frames", "input"),

@@ -330,6 +330,10 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                 with gr.Accordion("COLMAP", open=False, visible=engine0 == "colmap") as acc_colmap:
                     matcher = setting_widget(cfg, "matcher", "Feature matching")
                     mapper = setting_widget(cfg, "mapper", "Mapping")
+                    dense = setting_widget(cfg, "dense", "Dense stereo (full model, depth maps)")
+                    mvs_size = setting_widget(
+                        cfg, "mvs_size", "Dense working size (long side, px)", maximum=2048, step=32
+                    )
                 run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn")
 
             # ---------------- right: results ----------------
@@ -404,6 +408,8 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             early_stop=early_stop,
             matcher=matcher,
             mapper=mapper,
+            dense=dense,
+            mvs_size=mvs_size,
             **video,
         )
         display_inputs = dict(

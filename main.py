@@ -153,6 +153,14 @@ def build_parser(defaults: AppConfig | None = None) -> argparse.ArgumentParser:
     )
     _add_settings(rec, defaults, "model", "input", "align", "display")
     _output_options(rec)
+    rec.add_argument(
+        "--sparse",
+        action="store_const",
+        const=False,
+        dest="dense",
+        default=argparse.SUPPRESS,
+        help="COLMAP engine: the sparse points only, no dense stereo (= --no-dense)",
+    )
 
     ali = sub.add_parser(
         "align",

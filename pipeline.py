@@ -105,6 +105,7 @@ STAGE_LABELS: dict[str, str] = {
     "features": "SIFT features",
     "matching": "Feature matching",
     "mapping": "Mapping",
+    "dense": "Dense stereo",
     "outputs": "Writing outputs",
     "export": "Writing outputs",
 }
@@ -118,6 +119,7 @@ _STAGE_UNITS: dict[str, str] = {
     "features": "images",
     "matching": "pairs",
     "mapping": "images",
+    "dense": "views",
 }
 
 

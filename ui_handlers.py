@@ -60,7 +60,7 @@ DISPLAY_KEYS = tuple(s.name for s in settings_of("display"))
 RUN_KEYS = (
     "engine", "checkpoint", "image_size", "enhance", "scene_graph", "window_size", "cyclic", "ref_image", "niter",
     "schedule", "lr", "init_conf_thr", "known_focal", "shared_focal", "early_stop", "matcher", "mapper",
-    "fps", "max_frames", "sharpest", "skip_static",
+    "dense", "mvs_size", "fps", "max_frames", "sharpest", "skip_static",
 )  # fmt: skip
 #: The video sampling settings (the page's "Video" accordion; parameters of /thumbnails too).
 VIDEO_KEYS = ("fps", "max_frames", "sharpest", "skip_static")

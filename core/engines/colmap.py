@@ -14,9 +14,16 @@ Stages (each reports ``progress(stage, done, total)``):
 3. ``mapping``: global (GLOMAP-style rotation averaging + global positioning, the default) or
    incremental mapping. Counts: registered images (global mapping reports only start and end).
    The model is written to ``job_dir/colmap_work/sparse/<k>`` (COLMAP binary format).
+4. ``dense`` (``ColmapConfig.dense``, on by default): multi-view stereo on the registered images,
+   undistorted at ``ColmapConfig.mvs_size`` (:mod:`core.engines.mvs_colmap`,
+   :mod:`core.engines.mvs`), on ``ModelConfig.device``. Counts: views.
+
+``cancel`` (optional) is polled between the stages and between the views of the dense step.
 
 Output: a :class:`core.types.Scene` with ``engine="colmap"`` holding only the registered
-images, in input order. Conventions, per view k:
+images, in input order. Dense runs store the undistorted working-size images with their exact
+pinhole intrinsics and fill ``depths``/``pts3d``/``conf`` (see :mod:`core.engines.mvs`) next to
+``sparse``; the notes below describe the sparse scene. Conventions, per view k:
 
 - ``images[k]``: the oriented RGB image, downscaled to ``display_max_size`` (long side).
 - ``focals[k]``, ``principal_points[k]``: the camera's pinhole part in pixels of ``images[k]``
@@ -25,7 +32,7 @@ images, in input order. Conventions, per view k:
   the scene is pinhole, so the distortion is dropped and reported per image in
   ``extra["cameras"]`` (``max_distortion_px``: how far, in pixels of the COLMAP image, the
   pinhole model misplaces the image corners). A warning names images where that exceeds 1%
-  of the image diagonal. Use ``camera_model="SIMPLE_PINHOLE"`` or ``"PINHOLE"`` to map with an
+  of the image diagonal (sparse scenes only: the dense step undistorts the images it stores). Use ``camera_model="SIMPLE_PINHOLE"`` or ``"PINHOLE"`` to map with an
   exactly pinhole camera.
 - ``world_from_cam[k]``: inverse of COLMAP's ``cam_from_world`` (COLMAP already uses OpenCV
   axes). The world frame and scale are COLMAP's (arbitrary gauge).
@@ -55,7 +62,9 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from config import AppConfig, ColmapConfig
-from core.errors import ColmapError
+from core.engines.mvs import STAGE_DENSE, MvsConfig
+from core.engines.mvs_colmap import densify, resolve_device
+from core.errors import Cancelled, ColmapError
 from core.inputs.preprocessing import ImageLoadError, heif_available, to_rgb8
 from core.types import ProgressFn, Scene, SparsePoints
 
@@ -73,6 +82,7 @@ __all__ = [
     "STAGE_FEATURES",
     "STAGE_MATCHING",
     "STAGE_MAPPING",
+    "STAGE_DENSE",
     "choose_matcher",
     "display_from_colmap",
     "original_from_display",
@@ -164,6 +174,12 @@ def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
         return w, h
     s = max_side / max(w, h)
     return max(1, round(w * s)), max(1, round(h * s))
+
+
+def _poll(cancel: Callable[[], bool] | None, stage: str) -> None:
+    """Raise Cancelled when ``cancel()`` says so (before ``stage``)."""
+    if cancel is not None and cancel():
+        raise Cancelled(f"COLMAP cancelled before the {stage} stage")
 
 
 def _safe_stem(stem: str) -> str:
@@ -456,12 +472,20 @@ class ColmapEngine:
             )
         return None
 
-    def reconstruct(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path, progress: ProgressFn) -> Scene:
+    def reconstruct(
+        self,
+        image_paths: list[Path],
+        cfg: AppConfig,
+        job_dir: Path,
+        progress: ProgressFn,
+        *,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Scene:
         """Image files (input order) -> Scene of the registered images (see the module docstring).
 
         Writes ``job_dir/colmap_work/{images, database.db, sparse/}``. Raises ImageLoadError for
         unreadable files, ColmapError (ValueError) when fewer than two images register or COLMAP
-        fails, ValueError for bad settings.
+        fails, ValueError for bad settings, Cancelled when ``cancel()`` returns True.
         """
         missing = self.availability()
         if missing is not None:
@@ -509,6 +533,7 @@ class ColmapEngine:
         logger.info("colmap: %d SIFT features in %d images (%.1f s)", sum(n_keypoints.values()), n, seconds["features"])
 
         # 2. Matching and geometric verification.
+        _poll(cancel, STAGE_MATCHING)
         t0 = time.perf_counter()
         n_pairs = _count_pairs(db_path, matcher, ccfg, threads)
         progress(STAGE_MATCHING, 0, n_pairs)
@@ -524,6 +549,7 @@ class ColmapEngine:
             raise ColmapError(self._too_few_message(prepared, 0, n_keypoints, "no image pair could be matched"))
 
         # 3. Mapping.
+        _poll(cancel, STAGE_MAPPING)
         t0 = time.perf_counter()
         models = _map(db_path, image_dir, sparse_dir, ccfg.mapper, n, threads, lambda k: progress(STAGE_MAPPING, k, n))
         seconds["mapping"] = time.perf_counter() - t0
@@ -541,7 +567,7 @@ class ColmapEngine:
             rec.num_points3D(),
             seconds["mapping"],
         )
-        return self._scene(
+        scene = self._scene(
             rec,
             prepared,
             image_dir,
@@ -554,6 +580,13 @@ class ColmapEngine:
             n_verified=n_verified,
             n_keypoints=n_keypoints,
         )
+        if not ccfg.dense:
+            return scene
+        # 4. Dense stereo.
+        _poll(cancel, STAGE_DENSE)
+        mvs_cfg = MvsConfig(max_size=ccfg.mvs_size)
+        device = resolve_device(cfg.model.device)
+        return densify(scene, rec, image_dir, mvs_cfg, device=device, progress=progress, cancel=cancel)
 
     @staticmethod
     def _too_few_message(
@@ -618,7 +651,7 @@ class ColmapEngine:
             pps.append(k_disp[:2, 2])
             o_from_p.append(original_from_display(p.original_size, disp_size))
             distortion = _max_distortion_px(cam)
-            if distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
+            if not ccfg.dense and distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
                 warnings.append(
                     f"{p.name}: strong lens distortion ({distortion:.0f} px at the corners of a "
                     f"{cam.width}x{cam.height} image) is not represented by the pinhole cameras "

@@ -325,11 +325,12 @@ def _write_npz(scene: Scene, masks, path: Path, geo: Georef | None = None) -> Pa
             arrays[f"pts3d_{k}"] = pts3d[k].astype(np.float32)
             arrays[f"conf_{k}"] = confs[k].astype(np.float32)
             arrays[f"mask_{k}"] = np.asarray(masks[k], bool)
-    elif scene.sparse is not None:
+    if scene.sparse is not None:  # COLMAP's points, also beside a dense scene's maps
         arrays["sparse_xyz"] = scene.sparse.xyz.astype(np.float32)
         arrays["sparse_rgb"] = scene.sparse.rgb.astype(np.uint8)
         arrays["sparse_track_length"] = scene.sparse.track_length.astype(np.int32)
         arrays["sparse_reproj_error"] = scene.sparse.reproj_error.astype(np.float32)
+    if scene.sparse is not None and scene.pts3d is None:
         arrays["sparse_mask"] = np.asarray(masks, bool)
         arrays["missing_keys"] = np.array(["depth_k", "pts3d_k", "conf_k", "mask_k"])
     np.savez(path, **arrays)

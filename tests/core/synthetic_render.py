@@ -16,7 +16,17 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.ndimage import gaussian_filter, map_coordinates
 
-__all__ = ["SyntheticView", "BoxScene", "look_at", "orbit_poses", "intrinsics", "render", "render_orbit"]
+__all__ = [
+    "SyntheticView",
+    "BoxScene",
+    "look_at",
+    "orbit_poses",
+    "intrinsics",
+    "render",
+    "render_depth",
+    "render_orbit",
+    "sparse_points",
+]
 
 _BACKGROUND = 0.55
 """Uniform grey for rays that miss everything (no features there)."""
@@ -32,6 +42,9 @@ class SyntheticView:
     """(4, 4) float64 camera-to-world, OpenCV axes."""
     K: np.ndarray
     """(3, 3) float64 intrinsics, integer pixel centres."""
+    depth: np.ndarray | None = None
+    """(H, W) float32 z-depth of the surface seen through each pixel centre (inf: background),
+    when rendered with ``with_depth=True``."""
 
 
 def _band_pass_texture(rng: np.random.Generator, shape: tuple[int, int], sigmas: tuple[float, ...]) -> np.ndarray:
@@ -133,8 +146,11 @@ def _sample(tex: np.ndarray, s: np.ndarray, t: np.ndarray) -> np.ndarray:
     return np.stack([map_coordinates(tex[..., c], [rows, cols], order=1, mode="nearest") for c in range(3)], -1)
 
 
-def _shade(scene: BoxScene, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
-    """Colour of the first surface hit by each ray. origin (3,), dirs (M, 3) world -> (M, 3)."""
+def _shade(scene: BoxScene, origin: np.ndarray, dirs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Colour and ray parameter of the first surface hit by each ray.
+
+    origin (3,), dirs (M, 3) world -> colour (M, 3) float32, t (M,) float64 (inf: no hit; the
+    hit point is ``origin + t * dirs``)."""
     m = dirs.shape[0]
     colour = np.full((m, 3), _BACKGROUND, np.float32)
     t_best = np.full(m, np.inf)
@@ -182,7 +198,7 @@ def _shade(scene: BoxScene, origin: np.ndarray, dirs: np.ndarray) -> np.ndarray:
             if sel.any():
                 colour[idx[sel]] = _sample(scene.textures[face], rel[sel, a], rel[sel, b]) * light
         t_best[idx] = t_enter[idx]
-    return colour
+    return colour, t_best
 
 
 def render(
@@ -198,15 +214,75 @@ def render(
         for dv in offsets:
             pix = np.stack([(u + du).ravel(), (v + dv).ravel(), np.ones(u.size)], 1)  # (M, 3)
             dirs = pix @ k_inv.T @ rot.T  # (M, 3) world directions
-            acc += _shade(scene, origin, dirs)
+            acc += _shade(scene, origin, dirs)[0]
     rgb = acc / supersample**2
     return (np.clip(rgb, 0, 1) * 255).round().astype(np.uint8).reshape(height, width, 3)
 
 
+def render_depth(scene: BoxScene, world_from_cam: np.ndarray, K: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Exact z-depth through each pixel centre -> (height, width) float32, inf where no surface.
+
+    The camera-frame ray through pixel (u, v) is ``K^-1 (u, v, 1)``, whose z is 1, so the ray
+    parameter of the hit is its z-depth.
+    """
+    u, v = np.meshgrid(np.arange(width, dtype=np.float64), np.arange(height, dtype=np.float64))
+    pix = np.stack([u.ravel(), v.ravel(), np.ones(u.size)], 1)  # (M, 3)
+    dirs = pix @ np.linalg.inv(K).T @ world_from_cam[:3, :3].T  # (M, 3) world directions
+    _, t = _shade(scene, world_from_cam[:3, 3], dirs)
+    return t.astype(np.float32).reshape(height, width)
+
+
 def render_orbit(
-    n: int, *, width: int = 320, height: int = 240, focal: float = 260.0, seed: int = 0, **orbit_kwargs: float
+    n: int,
+    *,
+    width: int = 320,
+    height: int = 240,
+    focal: float = 260.0,
+    seed: int = 0,
+    with_depth: bool = False,
+    **orbit_kwargs: float,
 ) -> list[SyntheticView]:
-    """Render ``n`` views on an arc around a random box scene."""
+    """Render ``n`` views on an arc around a random box scene (with exact depth maps on request)."""
     scene = BoxScene.random(seed)
     K = intrinsics(width, height, focal)
-    return [SyntheticView(render(scene, pose, K, width, height), pose, K) for pose in orbit_poses(n, **orbit_kwargs)]  # type: ignore[arg-type]
+    views = []
+    for pose in orbit_poses(n, **orbit_kwargs):  # type: ignore[arg-type]
+        depth = render_depth(scene, pose, K, width, height) if with_depth else None
+        views.append(SyntheticView(render(scene, pose, K, width, height), pose, K, depth))
+    return views
+
+
+def sparse_points(views: list[SyntheticView], step: int = 12) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Structure-from-motion-like points of rendered views (needs ``with_depth=True``).
+
+    Every ``step``-th pixel (rows and columns) of every view that sees a surface is lifted with its
+    exact depth; a point counts as observed by a view when it projects inside it and is not
+    hidden there (its depth matches that view's depth map within 1%). Returns xyz (M, 3) float64
+    world points and, per view, the int64 indices of the points it observes.
+    """
+    pts = []
+    for v in views:
+        if v.depth is None:
+            raise ValueError("sparse_points needs views rendered with with_depth=True")
+        h, w = v.depth.shape
+        rows, cols = np.mgrid[step // 2 : h : step, step // 2 : w : step]
+        d = v.depth[rows, cols]
+        hit = np.isfinite(d)
+        pix = np.stack([cols[hit], rows[hit], np.ones(int(hit.sum()))], 1).astype(np.float64)
+        in_cam = pix @ np.linalg.inv(v.K).T * d[hit, None]
+        pts.append(in_cam @ v.world_from_cam[:3, :3].T + v.world_from_cam[:3, 3])
+    xyz = np.concatenate(pts)
+    visible = []
+    for v in views:
+        h, w = v.depth.shape  # type: ignore[union-attr]
+        cam_from_world = np.linalg.inv(v.world_from_cam)
+        in_cam = xyz @ cam_from_world[:3, :3].T + cam_from_world[:3, 3]
+        z = in_cam[:, 2]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            uv = in_cam @ v.K.T
+            u, r = np.rint(uv[:, 0] / z), np.rint(uv[:, 1] / z)
+        inside = (z > 0) & (u >= 0) & (u < w) & (r >= 0) & (r < h)
+        seen = np.full(len(xyz), np.inf)
+        seen[inside] = v.depth[r[inside].astype(int), u[inside].astype(int)]  # type: ignore[index]
+        visible.append(np.flatnonzero(inside & (np.abs(seen - z) < 0.01 * z)))
+    return xyz, visible

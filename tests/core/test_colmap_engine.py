@@ -51,7 +51,9 @@ def capture(tmp_path_factory: pytest.TempPathFactory) -> Capture:
 
 
 def _cfg(**colmap: object) -> AppConfig:
-    return AppConfig(colmap=ColmapConfig(num_threads=2, **colmap))  # type: ignore[arg-type]
+    # These tests cover structure from motion (the sparse scene, ``--sparse``); the dense step
+    # that follows by default is tested in test_mvs.py.
+    return AppConfig(colmap=ColmapConfig(num_threads=2, dense=False, **colmap))  # type: ignore[arg-type]
 
 
 class _Progress:
