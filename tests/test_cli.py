@@ -250,6 +250,7 @@ def test_colmap_engine_from_the_cli(tmp_path: Path) -> None:
             str(folder),
             "--engine",
             "colmap",
+            "--sparse",
             "--output",
             str(out),
             "--checkpoint",

@@ -260,7 +260,7 @@ def test_no_weights_page_reconstructs_with_colmap(fixtures_dir: Path, tmp_path: 
     assert engine == "colmap"
     handlers = gradio_ui.UIHandlers(cfg, pipe)
     result, glb, gallery, _, status, _ = handlers.reconstruct(
-        [str(p) for p in paths], _request("s"), _Progress(), engine=engine
+        [str(p) for p in paths], _request("s"), _Progress(), engine=engine, dense=False
     )
     assert result.engine == "colmap" and result.scene.n_views == 6 and result.scene.sparse is not None
     assert "COLMAP" in status and "points" in status

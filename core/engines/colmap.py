@@ -49,7 +49,6 @@ scene and named in ``Scene.warnings``. Fewer than two registered images raise
 from __future__ import annotations
 
 import logging
-import math
 import os
 import re
 import shutil
@@ -62,11 +61,18 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from config import AppConfig, ColmapConfig
+from core.engines.colmap_scene import (
+    RunInfo,
+    display_from_colmap,
+    original_from_display,
+    scaled_size,
+    sparse_scene,
+)
 from core.engines.mvs import STAGE_DENSE, MvsConfig
 from core.engines.mvs_colmap import densify, resolve_device
 from core.errors import Cancelled, ColmapError
 from core.inputs.preprocessing import ImageLoadError, heif_available, to_rgb8
-from core.types import ProgressFn, Scene, SparsePoints
+from core.types import ProgressFn, Scene
 
 try:  # optional dependency: the engine reports itself unavailable without it
     import pycolmap
@@ -104,8 +110,6 @@ _JPEG_QUALITY = 95
 _FEW_FEATURES = 50
 #: Fixed seed for COLMAP's RANSAC and mappers: the same input gives the same model.
 _SEED = 0
-#: Warn when dropping the distortion moves the image corners by more than this fraction of the diagonal.
-_DISTORTION_WARN_FRACTION = 0.01
 #: Formats COLMAP is given as they are (when 8-bit RGB/grey, upright and small enough).
 _PASSTHROUGH_FORMATS = {"JPEG": ".jpg", "PNG": ".png"}
 #: Lossy source formats are re-encoded as JPEG, everything else as PNG (lossless).
@@ -131,24 +135,6 @@ def choose_matcher(n_images: int, cfg: ColmapConfig) -> str:
     return "exhaustive" if n_images <= cfg.exhaustive_max_images else "sequential"
 
 
-def display_from_colmap(colmap_size: tuple[int, int], display_size: tuple[int, int]) -> np.ndarray:
-    """(3, 3) affine: COLMAP pixel (centres at +0.5) -> display pixel (integer centres).
-
-    Sizes are (W, H). Intrinsics follow the same map: ``K_display = A @ K_colmap``.
-    """
-    sx, sy = display_size[0] / colmap_size[0], display_size[1] / colmap_size[1]
-    return np.array([[sx, 0, -0.5], [0, sy, -0.5], [0, 0, 1]], np.float64)
-
-
-def original_from_display(original_size: tuple[int, int], display_size: tuple[int, int]) -> np.ndarray:
-    """(3, 3) affine: display pixel -> original pixel, both with integer pixel centres.
-
-    Sizes are (W, H); a pixel centre u maps to ``(u + 0.5) * W_orig / W_disp - 0.5``.
-    """
-    sx, sy = original_size[0] / display_size[0], original_size[1] / display_size[1]
-    return np.array([[sx, 0, 0.5 * sx - 0.5], [0, sy, 0.5 * sy - 0.5], [0, 0, 1]], np.float64)
-
-
 def relative_rotation_errors_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.ndarray:
     """Angles (degrees) between relative rotations over all pairs i < j.
 
@@ -165,15 +151,6 @@ def relative_rotation_errors_deg(rot_a: np.ndarray, rot_b: np.ndarray) -> np.nda
     diff = rel_a @ rel_b.transpose(0, 2, 1)
     cos = (np.trace(diff, axis1=1, axis2=2) - 1) / 2
     return np.degrees(np.arccos(np.clip(cos, -1.0, 1.0)))
-
-
-def _scaled_size(size: tuple[int, int], max_side: int) -> tuple[int, int]:
-    """(W, H) scaled so the long side is at most ``max_side`` (0 = unchanged)."""
-    w, h = size
-    if max_side <= 0 or max(w, h) <= max_side:
-        return w, h
-    s = max_side / max(w, h)
-    return max(1, round(w * s)), max(1, round(h * s))
 
 
 def _poll(cancel: Callable[[], bool] | None, stage: str) -> None:
@@ -245,7 +222,7 @@ def _prepare_image(path: Path, index: int, out_dir: Path, cfg: ColmapConfig, max
                 and "transparency" not in im.info
                 and orientation in (0, 1)
                 and getattr(im, "n_frames", 1) == 1
-                and _scaled_size((w, h), cfg.max_image_size) == (w, h)
+                and scaled_size((w, h), cfg.max_image_size) == (w, h)
             )
             im.load()  # full decode: truncated files fail here, not silently inside COLMAP
             if passthrough:
@@ -262,7 +239,7 @@ def _prepare_image(path: Path, index: int, out_dir: Path, cfg: ColmapConfig, max
         raise ImageLoadError(f"{name}: broken or truncated image file ({e})", filename=name) from e
     rgb = to_rgb8(oriented)
     original_size = rgb.size
-    target = _scaled_size(original_size, cfg.max_image_size)
+    target = scaled_size(original_size, cfg.max_image_size)
     if target != original_size:
         rgb = rgb.resize(target, Image.Resampling.LANCZOS)
     if fmt in _LOSSY_FORMATS:
@@ -272,21 +249,6 @@ def _prepare_image(path: Path, index: int, out_dir: Path, cfg: ColmapConfig, max
         dst = out_dir / f"{stem}.png"
         rgb.save(dst, "PNG")
     return _PreparedImage(index, name, dst.name, original_size, target, converted=True)
-
-
-def _display_image(path: Path, max_side: int) -> np.ndarray:
-    """(H, W, 3) uint8 RGB of a prepared image, long side at most ``max_side``."""
-    with Image.open(path) as im:
-        rgb = to_rgb8(im)
-        size = _scaled_size(rgb.size, max_side)
-        if size != rgb.size:
-            rgb = rgb.resize(size, Image.Resampling.LANCZOS)
-        return np.asarray(rgb, dtype=np.uint8).copy()
-
-
-# --------------------------------------------------------------------------------------------
-# pycolmap stages
-# --------------------------------------------------------------------------------------------
 
 
 def _call(stage: str, fn: Callable, *args, **kwargs):
@@ -438,24 +400,29 @@ def _map(
     )
 
 
-def _max_distortion_px(camera) -> float:
-    """How far (COLMAP pixels) the pinhole part of ``camera`` misplaces the image corners."""
-    if camera.model_name in ("SIMPLE_PINHOLE", "PINHOLE"):
-        return 0.0
-    w, h = camera.width, camera.height
-    corners = np.array([[0, 0], [w, 0], [0, h], [w, h], [w / 2, 0], [0, h / 2]], np.float64)
-    normalized = np.asarray(camera.cam_from_img(corners), np.float64)  # (6, 2) undistorted
-    pinhole = normalized * [camera.focal_length_x, camera.focal_length_y] + [
-        camera.principal_point_x,
-        camera.principal_point_y,
-    ]
-    err = np.linalg.norm(pinhole - corners, axis=1)
-    return float(np.nanmax(err)) if np.isfinite(err).any() else float("inf")
+@dataclass
+class _Run:
+    """One run's inputs, settings, work folder and stage timings (filled in as the stages run)."""
 
+    paths: list[Path]
+    cfg: AppConfig
+    ccfg: ColmapConfig
+    work: Path
+    matcher: str
+    threads: int
+    seconds: dict[str, float]
 
-# --------------------------------------------------------------------------------------------
-# The engine
-# --------------------------------------------------------------------------------------------
+    @property
+    def image_dir(self) -> Path:
+        return self.work / "images"
+
+    @property
+    def sparse_dir(self) -> Path:
+        return self.work / "sparse"
+
+    @property
+    def db_path(self) -> Path:
+        return self.work / "database.db"
 
 
 class ColmapEngine:
@@ -487,6 +454,28 @@ class ColmapEngine:
         unreadable files, ColmapError (ValueError) when fewer than two images register or COLMAP
         fails, ValueError for bad settings, Cancelled when ``cancel()`` returns True.
         """
+        run = self._start(image_paths, cfg, job_dir)
+        prepared, n_keypoints = self._features(run, progress)
+        _poll(cancel, STAGE_MATCHING)
+        n_pairs, n_verified = self._matching(run, progress)
+        if n_verified == 0:
+            raise ColmapError(self._too_few_message(prepared, 0, n_keypoints, "no image pair could be matched"))
+        _poll(cancel, STAGE_MAPPING)
+        rec, best_key, models = self._mapping(run, progress)
+        if rec is None or rec.num_reg_images() < 2:
+            n_reg = rec.num_reg_images() if rec is not None else 0
+            raise ColmapError(self._too_few_message(prepared, n_reg, n_keypoints, "mapping failed"))
+        info = RunInfo(run.matcher, run.seconds, n_pairs, n_verified, n_keypoints)
+        scene = sparse_scene(rec, prepared, run.image_dir, run.sparse_dir / str(best_key), models, run.ccfg, info)
+        if not run.ccfg.dense:
+            return scene
+        _poll(cancel, STAGE_DENSE)
+        mvs_cfg = MvsConfig(max_size=run.ccfg.mvs_size)
+        device = resolve_device(cfg.model.device)
+        return densify(scene, rec, run.image_dir, mvs_cfg, device=device, progress=progress, cancel=cancel)
+
+    def _start(self, image_paths: list[Path], cfg: AppConfig, job_dir: Path) -> _Run:
+        """Check the settings and inputs; a fresh work folder."""
         missing = self.availability()
         if missing is not None:
             raise ColmapError(missing)
@@ -498,95 +487,75 @@ class ColmapEngine:
         paths = [Path(p) for p in image_paths]
         if len(paths) < 2:
             raise ColmapError(f"structure from motion needs at least 2 images, got {len(paths)}")
-        matcher = choose_matcher(len(paths), ccfg)
-        threads = _n_threads(ccfg)
         work = Path(job_dir) / COLMAP_DIR
         if work.exists():
             shutil.rmtree(work)  # a re-run in the same job starts from a fresh database
-        image_dir, sparse_dir = work / "images", work / "sparse"
-        image_dir.mkdir(parents=True)
-        sparse_dir.mkdir()
-        db_path = work / "database.db"
-        seconds: dict[str, float] = {}
-        n = len(paths)
+        (work / "images").mkdir(parents=True)
+        (work / "sparse").mkdir()
+        return _Run(paths, cfg, ccfg, work, choose_matcher(len(paths), ccfg), _n_threads(ccfg), {})
 
-        # 1. Images and SIFT features.
+    @staticmethod
+    def _features(run: _Run, progress: ProgressFn) -> tuple[list[_PreparedImage], dict[str, int]]:
+        """1. Images into the work folder, SIFT features; returns the images and keypoints per image."""
+        n = len(run.paths)
         t0 = time.perf_counter()
         progress(STAGE_FEATURES, 0, n)
-        prepared = [_prepare_image(p, k, image_dir, ccfg, cfg.preprocess.max_pixels) for k, p in enumerate(paths)]
-        _call("database creation", pycolmap.Database.open, db_path).close()
-        _extract(
-            db_path,
-            image_dir,
-            [p.colmap_name for p in prepared],
-            ccfg,
-            threads,
-            lambda k: progress(STAGE_FEATURES, k, n),
-        )
-        seconds["features"] = time.perf_counter() - t0
-        with pycolmap.Database.open(db_path) as db:
+        max_pixels = run.cfg.preprocess.max_pixels
+        prepared = [_prepare_image(p, k, run.image_dir, run.ccfg, max_pixels) for k, p in enumerate(run.paths)]
+        _call("database creation", pycolmap.Database.open, run.db_path).close()
+        names = [p.colmap_name for p in prepared]
+        _extract(run.db_path, run.image_dir, names, run.ccfg, run.threads, lambda k: progress(STAGE_FEATURES, k, n))
+        run.seconds["features"] = time.perf_counter() - t0
+        with pycolmap.Database.open(run.db_path) as db:
             by_name = {im.name: im.image_id for im in db.read_all_images()}
-            n_keypoints = {
-                p.colmap_name: db.num_keypoints_for_image(by_name[p.colmap_name]) if p.colmap_name in by_name else 0
-                for p in prepared
-            }  # 0: COLMAP could not read it
-        logger.info("colmap: %d SIFT features in %d images (%.1f s)", sum(n_keypoints.values()), n, seconds["features"])
-
-        # 2. Matching and geometric verification.
-        _poll(cancel, STAGE_MATCHING)
-        t0 = time.perf_counter()
-        n_pairs = _count_pairs(db_path, matcher, ccfg, threads)
-        progress(STAGE_MATCHING, 0, n_pairs)
-        _match(db_path, matcher, ccfg, threads)
-        progress(STAGE_MATCHING, n_pairs, n_pairs)
-        with pycolmap.Database.open(db_path) as db:
-            n_verified = db.num_verified_image_pairs()
-        seconds["matching"] = time.perf_counter() - t0
+            n_keypoints = {  # 0: COLMAP could not read it
+                name: db.num_keypoints_for_image(by_name[name]) if name in by_name else 0 for name in names
+            }
         logger.info(
-            "colmap: %s matching, %d pairs, %d verified (%.1f s)", matcher, n_pairs, n_verified, seconds["matching"]
+            "colmap: %d SIFT features in %d images (%.1f s)", sum(n_keypoints.values()), n, run.seconds["features"]
         )
-        if n_verified == 0:
-            raise ColmapError(self._too_few_message(prepared, 0, n_keypoints, "no image pair could be matched"))
+        return prepared, n_keypoints
 
-        # 3. Mapping.
-        _poll(cancel, STAGE_MAPPING)
+    @staticmethod
+    def _matching(run: _Run, progress: ProgressFn) -> tuple[int, int]:
+        """2. Matching and geometric verification; returns (pairs matched, pairs verified)."""
         t0 = time.perf_counter()
-        models = _map(db_path, image_dir, sparse_dir, ccfg.mapper, n, threads, lambda k: progress(STAGE_MAPPING, k, n))
-        seconds["mapping"] = time.perf_counter() - t0
+        n_pairs = _count_pairs(run.db_path, run.matcher, run.ccfg, run.threads)
+        progress(STAGE_MATCHING, 0, n_pairs)
+        _match(run.db_path, run.matcher, run.ccfg, run.threads)
+        progress(STAGE_MATCHING, n_pairs, n_pairs)
+        with pycolmap.Database.open(run.db_path) as db:
+            n_verified = db.num_verified_image_pairs()
+        run.seconds["matching"] = time.perf_counter() - t0
+        logger.info(
+            "colmap: %s matching, %d pairs, %d verified (%.1f s)",
+            run.matcher,
+            n_pairs,
+            n_verified,
+            run.seconds["matching"],
+        )
+        return n_pairs, n_verified
+
+    @staticmethod
+    def _mapping(run: _Run, progress: ProgressFn):
+        """3. Mapping; returns (the largest model or None, its key, every model)."""
+        n = len(run.paths)
+        t0 = time.perf_counter()
+        models = _map(
+            run.db_path, run.image_dir, run.sparse_dir, run.ccfg.mapper, n, run.threads,
+            lambda k: progress(STAGE_MAPPING, k, n),
+        )  # fmt: skip
+        run.seconds["mapping"] = time.perf_counter() - t0
         best_key = max(models, key=lambda k: models[k].num_reg_images(), default=None)
         rec = models[best_key] if best_key is not None else None
         n_reg = rec.num_reg_images() if rec is not None else 0
         progress(STAGE_MAPPING, n_reg, n)
-        if rec is None or n_reg < 2:
-            raise ColmapError(self._too_few_message(prepared, n_reg, n_keypoints, "mapping failed"))
-        logger.info(
-            "colmap: %s mapping registered %d/%d images, %d points (%.1f s)",
-            ccfg.mapper,
-            n_reg,
-            n,
-            rec.num_points3D(),
-            seconds["mapping"],
-        )
-        scene = self._scene(
-            rec,
-            prepared,
-            image_dir,
-            sparse_dir / str(best_key),
-            models,
-            ccfg,
-            matcher=matcher,
-            seconds=seconds,
-            n_pairs=n_pairs,
-            n_verified=n_verified,
-            n_keypoints=n_keypoints,
-        )
-        if not ccfg.dense:
-            return scene
-        # 4. Dense stereo.
-        _poll(cancel, STAGE_DENSE)
-        mvs_cfg = MvsConfig(max_size=ccfg.mvs_size)
-        device = resolve_device(cfg.model.device)
-        return densify(scene, rec, image_dir, mvs_cfg, device=device, progress=progress, cancel=cancel)
+        if rec is not None:
+            logger.info(
+                "colmap: %s mapping registered %d/%d images, %d points (%.1f s)",
+                run.ccfg.mapper, n_reg, n, rec.num_points3D(), run.seconds["mapping"],
+            )  # fmt: skip
+        return rec, best_key, models
 
     @staticmethod
     def _too_few_message(
@@ -604,112 +573,4 @@ class ColmapEngine:
             f"COLMAP registered {n_reg} of {len(prepared)} images ({reason}{detail}). {need[0].upper()}"
             f"{need[1:]}; try more images with more overlap, or the DUSt3R engine, which works from as few "
             "as two views."
-        )
-
-    @staticmethod
-    def _scene(
-        rec,
-        prepared: Sequence[_PreparedImage],
-        image_dir: Path,
-        model_dir: Path,
-        models: dict,
-        ccfg: ColmapConfig,
-        *,
-        matcher: str,
-        seconds: dict[str, float],
-        n_pairs: int,
-        n_verified: int,
-        n_keypoints: dict[str, int],
-    ) -> Scene:
-        by_name = {im.name: im for im in rec.images.values() if im.has_pose}
-        kept = [p for p in prepared if p.colmap_name in by_name]
-        dropped = [p.name for p in prepared if p.colmap_name not in by_name]
-        warnings: list[str] = []
-        if dropped:
-            warnings.append(
-                f"{len(dropped)} of {len(prepared)} images did not register and are left out: {', '.join(dropped)}"
-            )
-        if len(models) > 1:
-            warnings.append(
-                f"COLMAP split the images into {len(models)} disconnected models; only the "
-                f"largest ({rec.num_reg_images()} images) is shown"
-            )
-
-        images, poses, focals, pps, o_from_p, cameras = [], [], [], [], [], []
-        for p in kept:
-            im = by_name[p.colmap_name]
-            cam = im.camera
-            rgb = _display_image(image_dir / p.colmap_name, ccfg.display_max_size)
-            disp_size = (rgb.shape[1], rgb.shape[0])
-            d_from_c = display_from_colmap(p.colmap_size, disp_size)
-            k_disp = d_from_c @ np.asarray(cam.calibration_matrix(), np.float64)  # (3, 3)
-            cam_from_world = np.eye(4)
-            cam_from_world[:3, :] = np.asarray(im.cam_from_world().matrix(), np.float64)
-            images.append(rgb)
-            poses.append(np.linalg.inv(cam_from_world))
-            focals.append(0.5 * (k_disp[0, 0] + k_disp[1, 1]))
-            pps.append(k_disp[:2, 2])
-            o_from_p.append(original_from_display(p.original_size, disp_size))
-            distortion = _max_distortion_px(cam)
-            if not ccfg.dense and distortion > _DISTORTION_WARN_FRACTION * math.hypot(cam.width, cam.height):
-                warnings.append(
-                    f"{p.name}: strong lens distortion ({distortion:.0f} px at the corners of a "
-                    f"{cam.width}x{cam.height} image) is not represented by the pinhole cameras "
-                    "of the scene"
-                )
-            cameras.append(
-                {
-                    "name": p.name,
-                    "colmap_name": p.colmap_name,
-                    "camera_id": int(im.camera_id),
-                    "model": cam.model_name,
-                    "width": int(cam.width),
-                    "height": int(cam.height),
-                    "params": [float(v) for v in cam.params],
-                    "max_distortion_px": round(distortion, 3),
-                }
-            )
-
-        point_ids = sorted(rec.points3D)
-        pts = [rec.points3D[i] for i in point_ids]
-        sparse = SparsePoints(
-            xyz=np.array([pt.xyz for pt in pts], np.float32).reshape(-1, 3),
-            rgb=np.array([pt.color for pt in pts], np.uint8).reshape(-1, 3),
-            track_length=np.array([pt.track.length() for pt in pts], np.int32),
-            reproj_error=np.array([pt.error for pt in pts], np.float32),
-        )
-        extra = {
-            "engine": "colmap",
-            "pycolmap_version": str(pycolmap.__version__),
-            "matcher": matcher,
-            "mapper": ccfg.mapper,
-            "camera_model": ccfg.camera_model,
-            "n_input_images": len(prepared),
-            "n_registered": len(kept),
-            "unregistered": dropped,
-            "n_models": len(models),
-            "n_points": int(rec.num_points3D()),
-            "n_pairs": n_pairs,
-            "n_verified_pairs": n_verified,
-            "n_keypoints": {p.name: int(n_keypoints.get(p.colmap_name, 0)) for p in prepared},
-            "mean_reproj_error_px": float(rec.compute_mean_reprojection_error()),
-            "reproj_error_unit": "pixels of the images COLMAP ran on (colmap_work/images)",
-            "mean_track_length": float(rec.compute_mean_track_length()),
-            "seconds": {k: round(v, 3) for k, v in seconds.items()},
-            "model_dir": str(model_dir),
-            "image_dir": str(image_dir),
-            "cameras": cameras,
-        }
-        return Scene(
-            images=tuple(images),
-            world_from_cam=np.stack(poses).astype(np.float32),
-            focals=np.array(focals, np.float32),
-            principal_points=np.array(pps, np.float32).reshape(-1, 2),
-            sparse=sparse,
-            names=tuple(p.name for p in kept),
-            original_sizes=tuple(p.original_size for p in kept),
-            original_from_processed=np.stack(o_from_p),
-            engine="colmap",
-            warnings=tuple(warnings),
-            extra=extra,
         )
