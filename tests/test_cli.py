@@ -158,7 +158,7 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
             "none.safetensors",
         ),
         (["align", "{tmp}/none.npz", "--output", "{tmp}/o"], cli.EXIT_INPUT, "none.npz"),
-        (["align", "{tmp}/fake.png", "--output", "{tmp}/o"], cli.EXIT_FAILED, "not a readable .npz"),
+        (["align", "{tmp}/fake.png", "--output", "{tmp}/o"], cli.EXIT_INPUT, "not a readable .npz"),  # issue 12: 1 -> 3
         (["reconstruct", "--output", "{tmp}/o"], cli.EXIT_USAGE, "IMAGE"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--device", "tpu"], cli.EXIT_USAGE, "unknown device 'tpu'"),
     ],
