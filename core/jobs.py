@@ -439,17 +439,21 @@ def ensure_room(
     deleted = cleanup_jobs(cfg, protected=protected, reserve_bytes=reserve_bytes)
     root = Path(cfg.output_root)
     total = sum(folder_size(f) for f in _job_folders(root))
-    need = reserve_bytes / _MB
+    need, limit = f"{reserve_bytes / _MB:.1f} MB", f"{cfg.max_total_mb:g} MB"
+    if reserve_bytes > cfg.max_total_mb * _MB:
+        raise StorageError(
+            f"this run would write about {need}, more than the server's storage limit of {limit} "
+            "(max_total_mb); use fewer or smaller images or a sparser scene graph"
+        )
     if total + reserve_bytes > cfg.max_total_mb * _MB:
         raise StorageError(
-            f"the server's storage limit is reached: results still in use take {total / _MB:.0f} MB of the "
-            f"{cfg.max_total_mb:g} MB allowed (max_total_mb) and this run needs about {need:.0f} MB more. "
-            "Try again later, or with fewer images or a sparser scene graph"
+            f"the server's storage limit is reached: results still in use take {total / _MB:.1f} MB of the "
+            f"{limit} allowed (max_total_mb) and this run needs about {need} more. Try again later"
         )
     free = free_bytes(root)
     if free is not None and free - reserve_bytes < cfg.min_free_mb * _MB:
         raise StorageError(
-            f"the server's disk is almost full: {free / _MB:.0f} MB free, this run needs about {need:.0f} MB "
+            f"the server's disk is almost full: {free / _MB:.0f} MB free, this run needs about {need} "
             f"and {cfg.min_free_mb:g} MB must stay free (min_free_mb). Try again later"
         )
     return deleted
