@@ -36,6 +36,7 @@ from core.engines import Engine
 from core.engines import make_engines as _make_engines
 from core.engines.dust3r import Dust3rEngine, ModelStatus
 from core.errors import ImageLoadError, Interrupted, PairsFileError, ResultExpiredError, SettingsError
+from core.inference.memory import check_alignment_memory
 from core.inputs.preprocessing import list_image_files
 from core.jobs import (
     MANIFEST_FILE,
@@ -57,6 +58,7 @@ from core.runs import (
     Result,
     RunLimits,
     add_warnings,
+    check_alignment_fits,
     check_images,
     check_known_focal,
     check_pairs,
@@ -225,7 +227,7 @@ def reconstruct(
     def body(stage: Path):
         clock("prepare", 0, 1)
         inputs = jobs.copy_inputs(paths, job) if job.copy_inputs else paths
-        check_images(inputs, cfg)
+        check_alignment_fits(check_images(inputs, cfg), cfg)
         clock("prepare", 1, 1)
         scene = eng.reconstruct(list(inputs), cfg, stage, clock)
         scene = safe_names(scene, [p.name for p in paths])
@@ -276,6 +278,11 @@ def realign(
         check_known_focal(cfg, preds.n_views)
         clock("load", 1, 1)
         device = resolve_device(cfg.model.device)
+        pairs = [(int(i), int(j)) for i, j in preds.pairs.tolist()]
+        check_alignment_memory(
+            preds.true_shapes, pairs, device=device, scene_graph=f"from {pairs_npz.name}",
+            memory_fraction=cfg.inference.memory_fraction,
+        )  # fmt: skip
         clock("align", 0, cfg.alignment.niter)
         scene = dataclasses.replace(align(preds, cfg.alignment, device=device, progress=clock), **preds.view_info())
         scene = safe_names(scene, scene.names)

@@ -27,13 +27,15 @@ import numpy as np
 from config import AppConfig, PostprocessConfig
 from core import jobs
 from core.errors import Cancelled, Interrupted, RunLimitError, SettingsError, Terminated
+from core.inference.memory import check_alignment_memory
 from core.inputs.pairs import make_pairs
-from core.inputs.preprocessing import check_image_file, list_image_files
+from core.inputs.preprocessing import check_image_file, list_image_files, plan_resize_crop
 from core.inputs.video import is_video
 from core.jobs import MANIFEST_FILE, SCENE_FILE, Job, StageClock, write_manifest
 from core.manifests import manifest_data
 from core.outputs.export import add_to_zip, export_scene
 from core.outputs.postprocessing import point_masks, sparse_mask
+from core.runtime import resolve_device
 from core.types import ProgressFn, Scene
 
 __all__ = [
@@ -43,6 +45,7 @@ __all__ = [
     "check_pairs",
     "check_known_focal",
     "check_images",
+    "check_alignment_fits",
     "add_warnings",
     "safe_names",
     "scene_masks",
@@ -153,12 +156,35 @@ def check_known_focal(cfg: AppConfig, n_images: int) -> None:
         )
 
 
-def check_images(paths: Sequence[Path], cfg: AppConfig) -> None:
+def check_images(paths: Sequence[Path], cfg: AppConfig) -> list[tuple[int, int]]:
     """Every image decoded once with the same checks and messages as the DUSt3R path, whichever
-    engine runs (a tiny, broken or decompression-bomb image is a bad input for COLMAP too)."""
+    engine runs (a tiny, broken or decompression-bomb image is a bad input for COLMAP too).
+    Returns each image's network input size (H, W)."""
+    sizes = []
     for p in paths:
         if not is_video(p):
-            check_image_file(p, cfg.preprocess)
+            _, box = plan_resize_crop(check_image_file(p, cfg.preprocess), cfg.preprocess)
+            sizes.append((box[3] - box[1], box[2] - box[0]))
+    return sizes
+
+
+def check_alignment_fits(sizes: Sequence[tuple[int, int]], cfg: AppConfig) -> None:
+    """DUSt3R: the global alignment after inference must fit in memory too (pair outputs plus its
+    working set, :func:`core.inference.memory.check_alignment_memory`), checked before anything runs."""
+    if cfg.engine != "dust3r" or not sizes:
+        return
+    sizes = list(sizes) if len(sizes) > 1 else [sizes[0], sizes[0]]  # a single image pairs with its copy
+    try:
+        pairs = make_pairs(len(sizes), cfg.inference.scene_graph)
+    except ValueError:
+        return  # a bad scene graph: the engine's own message names it
+    check_alignment_memory(
+        sizes,
+        pairs,
+        device=resolve_device(cfg.model.device),
+        scene_graph=cfg.inference.scene_graph,
+        memory_fraction=cfg.inference.memory_fraction,
+    )
 
 
 # --------------------------------------------------------------------------------------------
