@@ -341,7 +341,7 @@ class UIConfig(Validated):
     """Most images per run."""
     max_upload_mb: float = num(50.0, above=0)
     """Largest single upload."""
-    max_request_mb: float = num(300.0, above=0)
+    max_request_mb: float = num(200.0, above=0)
     """Largest upload request (all its files together), in megabytes."""
     max_pairs: int = num(500, 1)
     """Most image pairs one web run may send through the network (DUSt3R)."""

@@ -91,6 +91,7 @@ __all__ = [
     "job_in_folder",
     "cleanup_jobs",
     "expand_image_paths",
+    "check_run",
     "estimate_run_bytes",
     "reconstruct",
     "realign",
@@ -181,6 +182,16 @@ def expand_image_paths(paths: Sequence[str | Path]) -> list[Path]:
     return out
 
 
+def check_run(image_paths: Sequence[str | Path], cfg: AppConfig, *, limits: RunLimits | None = None) -> list[Path]:
+    """What can be checked before a job exists: the images exist (:func:`expand_image_paths`), the
+    known focal lengths fit their count (SettingsError) and the pair limit (RunLimitError).
+    Returns the image files."""
+    paths = expand_image_paths(image_paths)
+    check_known_focal(cfg, len(paths))
+    check_pairs(len(paths), cfg, limits)
+    return paths
+
+
 # --------------------------------------------------------------------------------------------
 # The runs
 # --------------------------------------------------------------------------------------------
@@ -218,9 +229,7 @@ def reconstruct(
     if name not in engines:
         raise SettingsError(f"unknown engine {name!r}; available: {', '.join(sorted(engines))}")
     cfg, eng = dataclasses.replace(cfg, engine=name), engines[name]
-    paths = expand_image_paths(image_paths)
-    check_known_focal(cfg, len(paths))
-    check_pairs(len(paths), cfg, limits)
+    paths = check_run(image_paths, cfg, limits=limits)
     job = job if job is not None else create_job(cfg.jobs.output_root)
     clock = StageClock(guarded_progress(progress, stop, limits))
 

@@ -20,6 +20,7 @@ import shutil
 import threading
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +32,7 @@ from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_sett
 from core.errors import ResultExpiredError, UserError, internal_error_id
 from core.inputs.preprocessing import heif_available
 from core.outputs.export import EXPORT_FORMATS
-from pipeline import Pipeline, Result, RunLimits, stage_label
+from pipeline import Pipeline, Result, RunLimits, check_run, stage_label
 
 __all__ = [
     "DISPLAY_KEYS",
@@ -343,6 +344,7 @@ class UIHandlers:
         engine, cfg = self._settings(settings)
         session = getattr(request, "session_hash", None) or "anonymous"
         try:
+            check_run(paths, replace(cfg, engine=engine), limits=self._limits())  # nothing is created if not
             job = self.pipeline.new_job(cfg, protected=self.sessions.protected(), inputs=paths)
             result = self.pipeline.reconstruct(
                 paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress), limits=self._limits()

@@ -93,7 +93,7 @@ class RequestGuard:
                 return 411, "uploads need a Content-Length"
             if int(length) > self.max_request_bytes:
                 limit = self.max_request_bytes / 1024 / 1024
-                return 413, f"upload of {int(length) / 1024 / 1024:.0f} MB refused: at most {limit:.0f} MB per request"
+                return 413, f"upload of {int(length) / 1024 / 1024:.1f} MB refused: at most {limit:g} MB per request"
         return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

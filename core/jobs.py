@@ -60,6 +60,7 @@ from core.storage import (
     publish,
     remove_partial_files,
     staging,
+    unpublish,
     write_json,
 )
 from core.types import ProgressFn
@@ -90,6 +91,7 @@ __all__ = [
     "atomic_path",
     "staging",
     "publish",
+    "unpublish",
     "remove_partial_files",
     "is_disk_full",
     "disk_full_error",
@@ -216,22 +218,39 @@ def check_output_folder(folder: str | Path) -> None:
 
 
 def _set_aside_previous(folder: Path, keep: set[Path]) -> None:
+    """Move an earlier ``done`` result into ``.previous/`` (its manifest first, renamed so that it
+    claims nothing until every file has joined it), or remove an unfinished one. Resumes a
+    set-aside that a kill interrupted."""
+    previous = folder / _PREVIOUS_DIR
+    pending = previous / f"{MANIFEST_FILE}.pending"
     data = read_manifest_file(folder / MANIFEST_FILE)
-    ours = bool(data.get("job_id")) or (folder / _RUNNING_FILE).exists()
+    resume = pending.is_file()
+    ours = bool(data.get("job_id")) or (folder / _RUNNING_FILE).exists() or resume
     remove_partial_files(folder, subfolders=(_EXPORTS_DIR,))
     if not ours:
         return
     entries = [folder / n for n in _APP_OUTPUTS if (folder / n).exists() and (folder / n).resolve() not in keep]
-    if data.get("status") == STATUS_DONE:
-        previous = folder / _PREVIOUS_DIR
-        shutil.rmtree(previous, ignore_errors=True)
-        previous.mkdir()
+    if data.get("status") == STATUS_DONE or resume:
+        if not resume:
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            os.replace(folder / MANIFEST_FILE, pending)
         for p in entries:
-            os.replace(p, previous / p.name)
+            if p.name != MANIFEST_FILE or not resume:
+                _move_replacing(p, previous / p.name)
+        os.replace(pending, previous / MANIFEST_FILE)
         logger.info("moved the earlier result in %s aside into %s", folder, previous)
         return
     for p in entries:
         shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _move_replacing(src: Path, dst: Path) -> None:
+    if not src.exists():
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
 
 
 def drop_previous(job: Job) -> None:

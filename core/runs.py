@@ -277,11 +277,15 @@ def _publish_run(job: Job, stage: Path, data: dict[str, Any], files: Mapping[str
     jobs.write_json(staged_manifest, data)
     if "zip" in files:
         add_to_zip(files["zip"], [staged_manifest], stage)
-    jobs.publish(stage, job.dir, exclude=(MANIFEST_FILE,))
-    missing = [k for k, p in files.items() if not Path(moved_paths(str(p), stage, job.dir)).exists()]
-    if missing:
-        raise RuntimeError(f"outputs missing after writing them: {', '.join(missing)}")
-    os.replace(staged_manifest, job.manifest_path)
+    moved = jobs.publish(stage, job.dir, exclude=(MANIFEST_FILE,))
+    try:
+        missing = [k for k, p in files.items() if not Path(moved_paths(str(p), stage, job.dir)).exists()]
+        if missing:
+            raise RuntimeError(f"outputs missing after writing them: {', '.join(missing)}")
+        os.replace(staged_manifest, job.manifest_path)
+    except BaseException:
+        jobs.unpublish(moved)  # a failed run leaves no outputs beside its "failed" manifest
+        raise
 
 
 def _record_failure(job: Job, cfg: AppConfig, clock: StageClock, t0: float, exc: BaseException) -> None:

@@ -33,6 +33,7 @@ __all__ = [
     "read_json",
     "staging",
     "publish",
+    "unpublish",
     "remove_partial_files",
     "free_bytes",
     "folder_size",
@@ -108,16 +109,30 @@ def staging(folder: Path) -> Iterator[Path]:
 
 def publish(stage: Path, folder: Path, *, exclude: Sequence[str] = (), last: str | None = None) -> dict[Path, Path]:
     """Move the entries of ``stage`` (but ``exclude``) into ``folder``, each an atomic rename (a
-    folder of the same name is replaced), ``last`` after the others. Returns staged -> final path."""
+    folder of the same name is replaced), ``last`` after the others. Returns staged -> final path.
+    When a rename fails (a full disk), the entries already moved are removed again (:func:`unpublish`)."""
     moved: dict[Path, Path] = {}
     entries = sorted((p for p in stage.iterdir() if p.name not in exclude), key=lambda p: p.name == last)
-    for src in entries:
-        dst = Path(folder) / src.name
-        if dst.is_dir() and not dst.is_symlink():
-            shutil.rmtree(dst)
-        os.replace(src, dst)
-        moved[src] = dst
+    try:
+        for src in entries:
+            dst = Path(folder) / src.name
+            if dst.is_dir() and not dst.is_symlink():
+                shutil.rmtree(dst)
+            os.replace(src, dst)
+            moved[src] = dst
+    except BaseException:
+        unpublish(moved)
+        raise
     return moved
+
+
+def unpublish(moved: Mapping[Path, Path]) -> None:
+    """Remove what :func:`publish` moved into place (the outputs of a run that then failed)."""
+    for dst in moved.values():
+        if dst.is_dir() and not dst.is_symlink():
+            shutil.rmtree(dst, ignore_errors=True)
+        else:
+            dst.unlink(missing_ok=True)
 
 
 def remove_partial_files(folder: Path, *, subfolders: Sequence[str] = ()) -> int:
