@@ -13,7 +13,7 @@ on the engine. Job folders, their cleanup and manifests live in :mod:`core.jobs`
 are written in a staging folder and published with the manifest last (:mod:`core.runs`), so a
 manifest says ``done`` only beside complete outputs; only this module writes a job's manifest. Re-alignment (:func:`realign`) re-runs the global alignment on a saved
 ``pairs.npz`` with new alignment settings, without the network. Timings are wall-clock seconds per
-stage, measured from the progress reports (:class:`core.jobs.StageClock`).
+stage, measured from the progress reports (:class:`core.runs.StageClock`).
 """
 
 from __future__ import annotations
@@ -43,7 +43,6 @@ from core.jobs import (
     PAIRS_FILE,
     SCENE_FILE,
     Job,
-    StageClock,
     cleanup_jobs,
     create_job,
     job_in_folder,
@@ -57,6 +56,7 @@ from core.outputs.visualization import render_view_maps
 from core.runs import (
     Result,
     RunLimits,
+    StageClock,
     add_warnings,
     check_alignment_fits,
     check_images,

@@ -63,7 +63,6 @@ from core.storage import (
     unpublish,
     write_json,
 )
-from core.types import ProgressFn
 
 __all__ = [
     "PAIRS_FILE",
@@ -75,7 +74,6 @@ __all__ = [
     "STATUS_FAILED",
     "STATUS_INTERRUPTED",
     "Job",
-    "StageClock",
     "create_job",
     "job_in_folder",
     "check_output_folder",
@@ -125,7 +123,7 @@ _APP_OUTPUTS = (
     MANIFEST_FILE, SETTINGS_FILE, SCENE_FILE, PAIRS_FILE, "scene.glb", "pointcloud.ply", "mesh.obj", "cameras.json",
     "reconstruction.zip", "colmap", "depth", "maps", "colmap_work", "views", _EXPORTS_DIR, _RUNNING_FILE,
 )  # fmt: skip
-_UNSAFE_NAME_RE = re.compile(r"[\x00-\x1f\x7f/\\]+")
+_UNSAFE_NAME_RE = re.compile(r"[\s\x00-\x1f\x7f/\\]+")
 _MB = 1024 * 1024
 
 
@@ -484,8 +482,9 @@ def ensure_room(
 
 
 def safe_name(name: str) -> str:
-    """A file name without control characters (line breaks, tabs) or path separators, which break
-    line-based formats (COLMAP text files) and shells; ``"a\\nb.png"`` -> ``"a_b.png"``."""
+    """A file name without spaces, control characters (line breaks, tabs) or path separators,
+    which break COLMAP's text files (a name ends at its first space) and line-based tools:
+    ``"my photo\\n2.png"`` -> ``"my_photo_2.png"``."""
     cleaned = _UNSAFE_NAME_RE.sub("_", name).strip()
     return cleaned if cleaned.strip("._") else "image" + Path(cleaned).suffix
 
@@ -533,36 +532,8 @@ def new_export_dir(job: Job, *, keep_s: float = 120.0, create: bool = True) -> P
 
 
 # --------------------------------------------------------------------------------------------
-# Stage timing and manifests
+# Manifests
 # --------------------------------------------------------------------------------------------
-
-
-class StageClock:
-    """Wraps a progress callback and times the stages it reports (thread-confined, one run)."""
-
-    def __init__(self, progress: ProgressFn | None = None) -> None:
-        self._progress = progress
-        self._stage: str | None = None
-        self._since = 0.0
-        self._timings: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if stage != self._stage:
-            self._close(now)
-            self._stage, self._since = stage, now
-        if self._progress is not None:
-            self._progress(stage, int(done), int(total))
-
-    def _close(self, now: float) -> None:
-        if self._stage is not None:
-            self._timings[self._stage] = self._timings.get(self._stage, 0.0) + now - self._since
-
-    def finish(self) -> dict[str, float]:
-        """Close the current stage; returns seconds per stage."""
-        self._close(time.perf_counter())
-        self._stage = None
-        return {k: round(v, 4) for k, v in self._timings.items()}
 
 
 def write_settings(job: Job, cfg) -> Path:

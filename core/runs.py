@@ -31,7 +31,7 @@ from core.inference.memory import check_alignment_memory
 from core.inputs.pairs import make_pairs
 from core.inputs.preprocessing import check_image_file, list_image_files, plan_resize_crop
 from core.inputs.video import is_video
-from core.jobs import MANIFEST_FILE, SCENE_FILE, Job, StageClock, write_manifest
+from core.jobs import MANIFEST_FILE, SCENE_FILE, Job, write_manifest
 from core.manifests import manifest_data
 from core.outputs.export import add_to_zip, export_scene
 from core.outputs.postprocessing import point_masks, sparse_mask
@@ -40,6 +40,7 @@ from core.types import ProgressFn, Scene
 
 __all__ = [
     "Result",
+    "StageClock",
     "RunLimits",
     "guarded_progress",
     "check_pairs",
@@ -58,6 +59,34 @@ logger = logging.getLogger(__name__)
 
 #: A stage body: ``body(stage_dir) -> (scene, pairs_path or None, extra manifest keys)``.
 StageBody = Callable[[Path], tuple[Scene, "Path | None", dict[str, Any]]]
+
+
+class StageClock:
+    """Wraps a progress callback and times the stages it reports (thread-confined, one run)."""
+
+    def __init__(self, progress: ProgressFn | None = None) -> None:
+        self._progress = progress
+        self._stage: str | None = None
+        self._since = 0.0
+        self._timings: dict[str, float] = {}
+
+    def __call__(self, stage: str, done: int, total: int) -> None:
+        now = time.perf_counter()
+        if stage != self._stage:
+            self._close(now)
+            self._stage, self._since = stage, now
+        if self._progress is not None:
+            self._progress(stage, int(done), int(total))
+
+    def _close(self, now: float) -> None:
+        if self._stage is not None:
+            self._timings[self._stage] = self._timings.get(self._stage, 0.0) + now - self._since
+
+    def finish(self) -> dict[str, float]:
+        """Close the current stage; returns seconds per stage."""
+        self._close(time.perf_counter())
+        self._stage = None
+        return {k: round(v, 4) for k, v in self._timings.items()}
 
 
 @dataclass(frozen=True)
@@ -213,8 +242,8 @@ def add_warnings(scene: Scene, new: Sequence[str]) -> Scene:
 
 
 def safe_names(scene: Scene, given: Sequence[str]) -> Scene:
-    """Names without line breaks or other control characters (they break COLMAP's text files and
-    shells), each renamed one with a warning that says so. ``given``: the names the user gave."""
+    """Names without spaces, line breaks or other control characters (they break COLMAP's text
+    files), each renamed one with a warning that says so. ``given``: the names the user gave."""
     names = tuple(jobs.safe_name(n) for n in scene.names)
     originals = list(given) if len(given) == len(names) else list(scene.names)
     renamed = [(o, n) for o, n in zip(originals, names, strict=True) if o != jobs.safe_name(o)]
@@ -223,7 +252,8 @@ def safe_names(scene: Scene, given: Sequence[str]) -> Scene:
     return add_warnings(
         scene,
         [
-            f"{o!r} was renamed {n!r}: line breaks and control characters in file names break some formats"
+            f"{o!r} is named {n!r} in the outputs: spaces, line breaks and control characters in file names "
+            "break COLMAP's text files and other formats"
             for o, n in renamed
         ],
     )
