@@ -417,7 +417,11 @@ class JobConfig(Validated):
     max_age_hours: float = num(24.0, above=0)
     """Jobs older than this are deleted (never the current session's)."""
     max_total_mb: float = num(5000.0, above=0)
-    """Oldest jobs are deleted while the root is larger than this."""
+    """Most megabytes all jobs may take: failed, then oldest jobs are deleted; when results still in use fill it, new runs are refused."""
+    min_free_mb: float = num(512.0, 0)
+    """Megabytes that must stay free on the disk of the output folder: new runs that would go below it are refused."""
+    export_keep_s: float = num(120.0, 0, 86400)
+    """Seconds an export folder (a display change, a zip) is kept at least, so a download in flight never loses it."""
     save_pairs: bool = True
     """Keep the DUSt3R pair predictions (pairs.npz, ~6 MB per pair at 512x384) for re-alignment."""
     keep_session_jobs: bool = True
@@ -438,6 +442,18 @@ class UIConfig(Validated):
     """Most images per run."""
     max_upload_mb: float = num(50.0, above=0)
     """Largest single upload."""
+    max_request_mb: float = num(200.0, above=0)
+    """Largest upload request (all its files together), in megabytes."""
+    max_pairs: int = num(500, 1)
+    """Most image pairs one web run may send through the network (DUSt3R)."""
+    max_run_s: float = num(3600.0, above=0)
+    """Longest a web run may take, in seconds; it is stopped (and marked failed) after that."""
+    allowed_origins: tuple[str, ...] = ()
+    """Web origins besides the app's own that may call it (e.g. a reverse proxy's https://host); others are refused."""
+    shutdown_grace_s: float = num(20.0, 0, 600)
+    """On SIGTERM/SIGINT, seconds the running job gets to stop and be marked interrupted."""
+    thumbnail_workers: int = num(2, 1, 64)
+    """Uploads previewed at once (each decode is bounded by PreprocessConfig.max_pixels)."""
     concurrency_limit: int = num(1, 1)
     """Reconstructions run at once per device."""
     queue_size: int = num(16, 1)
@@ -538,6 +554,10 @@ _TABLE: tuple[tuple, ...] = (
     ("share", "ui.share", "server"),
     ("max_images", "ui.max_images", "server"),
     ("output_root", "jobs.output_root", "server"),
+    ("max_total_mb", "jobs.max_total_mb", "server"),
+    ("min_free_mb", "jobs.min_free_mb", "server"),
+    ("max_pairs", "ui.max_pairs", "server"),
+    ("max_run_s", "ui.max_run_s", "server"),
 )
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+from starlette.middleware import Middleware
 
 from config import (
     OFFICIAL_CHECKPOINTS,
@@ -44,6 +45,7 @@ from ui_handlers import (
     setting_widget,
     settings_to_config,
 )
+from web_guard import RequestGuard
 
 __all__ = [
     "build_demo",
@@ -143,11 +145,23 @@ def _theme() -> gr.themes.Base:
 
 
 def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
-    """Keyword arguments for ``demo.launch()``: server, theme, CSS, scripts, limits, served paths."""
+    """Keyword arguments for ``demo.launch()``: server, theme, CSS, scripts, limits, served paths.
+
+    ``allowed_paths`` lets Gradio copy results from the output folder into its cache (that copy is
+    what is served); :class:`web_guard.RequestGuard` refuses foreign origins, direct requests for
+    files below the output folder and uploads over ``cfg.ui.max_request_mb``.
+    """
     output_root = Path(cfg.jobs.output_root).resolve()
     output_root.mkdir(parents=True, exist_ok=True)
     script = _read_asset("fullscreen.js")
+    guard = Middleware(
+        RequestGuard,
+        output_root=output_root,
+        max_request_bytes=int(cfg.ui.max_request_mb * 1024 * 1024),
+        allowed_origins=cfg.ui.allowed_origins,
+    )
     return {
+        "app_kwargs": {"middleware": [guard]},
         "server_name": cfg.ui.host,
         "server_port": cfg.ui.port,
         "share": cfg.ui.share,
@@ -235,7 +249,8 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     with gr.Blocks(
         title="DUSt3R Studio", analytics_enabled=False, fill_width=True, delete_cache=(ui.cache_clean_s, max_age_s)
     ) as demo:
-        result_state = gr.State(None)
+        # the session's result: its job is protected from cleanup for as long as this state lives
+        result_state = gr.State(None, time_to_live=max_age_s, delete_callback=handlers.release_result)
         gr.HTML(_HEADER)
         gr.HTML(_HOWTO)
         gr.Markdown(notice, visible=bool(notice), elem_id="notice")

@@ -5,23 +5,32 @@
     python main.py reconstruct IMAGE [IMAGE ...] --output DIR    images -> scene, headless
     python main.py align PAIRS_NPZ --output DIR                  re-align saved pair predictions
 
-Exit codes: 0 success, 1 the reconstruction failed (alignment, COLMAP, memory), 2 bad command
-line (unknown option, bad value), 3 bad input file (missing, not an image, ...), 4 DUSt3R weights
-missing or unreadable, 70 internal error, 130 interrupted. Errors are one line on stderr; add
-``--debug`` for the traceback.
+Exit codes: 0 success, 1 the reconstruction failed (alignment, COLMAP, memory, a full disk), 2 bad
+command line (unknown option, bad value, a ``--known-focal`` count that does not match the images,
+an ``--output`` that is a file or cannot be written), 3 bad input file (missing, not an image, not
+a pairs file, ...), 4 DUSt3R weights missing or unreadable, 70 internal error, 130 interrupted
+(Ctrl-C), 143 terminated (SIGTERM). Errors are one line on stderr; add ``--debug`` for the
+traceback. SIGTERM and SIGINT stop the running job (marked ``interrupted``, its partial files
+removed) and exit with one line, for the CLI and the web app alike.
 
-This is the only module that configures logging and process-wide switches (TF32 on CUDA).
+This is the only module that configures logging and process-wide switches (TF32 on CUDA, the
+signal handlers).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import io
 import logging
+import os
+import signal
 import sys
+import threading
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from config import SETTINGS, AppConfig, Setting, apply_settings, current_value, settings_of
@@ -34,6 +43,7 @@ from core.errors import (
     EXIT_USAGE,
     EXIT_WEIGHTS,
     SettingsError,
+    Terminated,
     UserError,
     exit_code_for,
 )
@@ -239,20 +249,9 @@ def _formats(text: str) -> tuple[str, ...]:
         raise UsageError(f"--export: {e}") from e
 
 
-def _write_outputs(result, cfg: AppConfig, formats: Sequence[str], out_dir: Path, t0: float) -> dict[str, Path]:
-    """scene.npz, scene.glb and the requested formats into ``out_dir``; completes manifest.json."""
-    from pipeline import export, update_manifest
-
-    t_export = time.perf_counter()
-    # scene.npz was written by the run itself (same settings); "zip" re-writes everything anyway
-    wanted = tuple(f for f in dict.fromkeys(("glb", *formats)) if f != "npz" or "zip" in formats)
-    files = export(result, cfg.postprocess, cfg.viz, wanted, out_dir=out_dir)
-    files.setdefault("npz", result.job.scene_path)
-    if result.pairs_path is not None and Path(result.pairs_path).parent.resolve() == out_dir.resolve():
-        files = {**files, "pairs": Path(result.pairs_path)}
-    timings = {"export": round(time.perf_counter() - t_export, 4), "total": round(time.perf_counter() - t0, 4)}
-    update_manifest(result.job, files={k: v for k, v in files.items() if k != "manifest"}, timings=timings)
-    return files
+def _export_formats(formats: tuple[str, ...]) -> tuple[str, ...]:
+    """The CLI always writes scene.glb (and scene.npz) besides ``--export``."""
+    return tuple(dict.fromkeys(("glb", *formats)))
 
 
 def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str:
@@ -278,24 +277,31 @@ def _rel(p: Path, root: Path) -> str:
         return str(p)
 
 
+def _check_output(folder: Path) -> None:
+    """``--output`` must be a folder this process can create and write (else a bad command line)."""
+    from pipeline import jobs
+
+    jobs.check_output_folder(folder)
+
+
 def _cmd_reconstruct(args: argparse.Namespace, cfg: AppConfig) -> int:
     from core.inputs.pairs import make_pairs
     from core.inputs.video import is_video
     from pipeline import Pipeline, expand_image_paths, job_in_folder
 
     formats = _formats(args.export)
+    _check_output(args.output)
     paths = expand_image_paths(args.images)
     if cfg.engine == "dust3r" and len(paths) > 1 and not any(map(is_video, paths)):  # videos: counted later
         make_pairs(len(paths), cfg.inference.scene_graph)  # an index past the images is a usage error
     t0 = time.perf_counter()
-    job = job_in_folder(args.output)
+    job = job_in_folder(args.output, keep=paths)
     progress = _TqdmProgress()
     try:
-        result = Pipeline(cfg).reconstruct(paths, cfg, job=job, progress=progress)
+        result = Pipeline(cfg).reconstruct(paths, cfg, job=job, progress=progress, exports=_export_formats(formats))
     finally:
         progress.close()
-    files = _write_outputs(result, cfg, formats, job.dir, t0)
-    sys.stdout.write(_summary(job.dir, files, result, time.perf_counter() - t0))
+    sys.stdout.write(_summary(job.dir, dict(result.files), result, time.perf_counter() - t0))
     return EXIT_OK
 
 
@@ -303,32 +309,85 @@ def _cmd_align(args: argparse.Namespace, cfg: AppConfig) -> int:
     from pipeline import job_in_folder, realign
 
     formats = _formats(args.export)
+    _check_output(args.output)
     if not args.pairs.is_file():
         raise FileNotFoundError(f"{args.pairs}: file not found")
     t0 = time.perf_counter()
-    job = job_in_folder(args.output)
+    job = job_in_folder(args.output, keep=[args.pairs])
     progress = _TqdmProgress()
     try:
-        result = realign(args.pairs, cfg, job=job, progress=progress)
+        result = realign(args.pairs, cfg, job=job, progress=progress, exports=_export_formats(formats))
     finally:
         progress.close()
-    files = _write_outputs(result, cfg, formats, job.dir, t0)
+    files = dict(result.files)
+    if result.pairs_path is not None and Path(result.pairs_path).parent.resolve() == job.dir.resolve():
+        files["pairs"] = Path(result.pairs_path)
     sys.stdout.write(_summary(job.dir, files, result, time.perf_counter() - t0))
     return EXIT_OK
 
 
-def _cmd_app(cfg: AppConfig) -> int:
+class _Signals:
+    """SIGTERM and SIGINT -> :class:`Terminated` in the main thread (after ``on_stop``), so the
+    running job is stopped and marked interrupted and the process exits with 143/130 and one
+    line, never a native stack dump (pycolmap's glog handler is replaced). A second signal while
+    stopping ends the process at once. Previous handlers are restored on exit."""
+
+    def __init__(self) -> None:
+        self.on_stop: Callable[[], None] | None = None
+        self._seen = False
+
+    def _handle(self, signum: int, _frame) -> None:
+        if self._seen:  # a second signal: stop now
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        self._seen = True
+        if self.on_stop is not None:
+            self.on_stop()
+        raise Terminated(signum)
+
+    def install(self) -> None:
+        """(Re)install the handlers (again after importing pycolmap, whose glog handler replaces them)."""
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(sig, self._handle)
+
+    @contextlib.contextmanager
+    def installed(self) -> Iterator[_Signals]:
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = {sig: signal.getsignal(sig) for sig in (signal.SIGTERM, signal.SIGINT)}
+        self.install()
+        try:
+            yield self
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
+def _cmd_app(cfg: AppConfig, signals: _Signals) -> int:
     import gradio_ui
     from pipeline import Pipeline, cleanup_jobs
 
-    cleanup_jobs(cfg.jobs)
+    cleanup_jobs(cfg.jobs)  # jobs of a killed earlier server are marked interrupted (cleaned first)
     pipe = Pipeline(cfg)
+    signals.on_stop = pipe.request_stop
     for name, why in pipe.availability().items():
         if why is not None:
             logger.warning("engine %s unavailable: %s", name, why)
     demo = gradio_ui.build_demo(cfg, pipe)
     logger.info("starting the web app on http://%s:%d", cfg.ui.host, cfg.ui.port)
-    demo.launch(**gradio_ui.launch_kwargs(cfg))
+    try:
+        demo.launch(**gradio_ui.launch_kwargs(cfg))
+    except Terminated:
+        running = sorted(pipe.active_jobs())
+        stopped = pipe.wait_idle(cfg.ui.shutdown_grace_s)
+        with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints "Closing server ..."
+            demo.close()
+        if not stopped:
+            logger.error("job(s) %s did not stop within %g s", ", ".join(running), cfg.ui.shutdown_grace_s)
+        raise
     return EXIT_OK
 
 
@@ -358,6 +417,11 @@ def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -
 def main(argv: list[str] | None = None) -> int:
     """Run the command line ``argv`` (default ``sys.argv[1:]``); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    with _Signals().installed() as signals:
+        return _main(argv, signals)
+
+
+def _main(argv: list[str], signals: _Signals) -> int:
     debug = "--debug" in argv
     try:
         parser = build_parser()
@@ -371,13 +435,17 @@ def main(argv: list[str] | None = None) -> int:
         except SettingsError as e:
             raise UsageError(str(e)) from e
         _configure(debug, args.command, cfg.inference.tune_cpu_allocator)
+        signals.install()  # again: importing pycolmap installed its own SIGTERM handler
         if args.command == "reconstruct":
             return _cmd_reconstruct(args, cfg)
         if args.command == "align":
             return _cmd_align(args, cfg)
-        return _cmd_app(cfg)
+        return _cmd_app(cfg, signals)
     except SettingsError as e:
         return _fail(f"error: {_one_line(e)}", EXIT_USAGE, e, debug)
+    except Terminated as e:
+        what = "terminated (SIGTERM)" if e.signum == signal.SIGTERM else "interrupted (Ctrl-C)"
+        return _fail(f"{what}: stopped (a running job is marked interrupted)", e.exit_code, e, debug)
     except KeyboardInterrupt as e:
         return _fail("interrupted", EXIT_INTERRUPTED, e, debug)
     except (UserError, OSError, MemoryError) as e:

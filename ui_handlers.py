@@ -4,22 +4,26 @@
 tests call them without a browser. State per browser session: the finished :class:`pipeline.Result`
 (CPU arrays) lives in a ``gr.State``, so display options re-export from it without re-running
 anything; every run writes into its own job folder, and a :class:`SessionJobs` registry (owned by
-the demo, not a global) remembers which jobs belong to live sessions so the age/size cleanup never
-deletes them. Errors: a :class:`core.errors.UserError` (or an OS error) shows its own message; any
-other exception is a bug, logged with its traceback under a short id that the page shows.
+the demo, not a global) remembers the job each session's state holds, so the age/size cleanup never
+deletes it while the session can still use it: protection ends when Gradio deletes the state
+(:meth:`UIHandlers.release_result`, the state's ``delete_callback``), not when the browser's
+heartbeat drops. A result whose files were cleaned up anyway says so and is never re-created.
+Errors: a :class:`core.errors.UserError` (or an OS error) shows its own message, without server
+paths; any other exception is a bug, logged with its traceback under a short id that the page shows.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import tempfile
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -28,13 +32,13 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_settings, current_value, settings_of
-from core.errors import UserError, internal_error_id
+from core.errors import ResultExpiredError, UserError, internal_error_id
 from core.inputs.plan import plan_run, video_options
 from core.inputs.preprocessing import heif_available
 from core.inputs.video import VideoError, VideoOptions, is_video, sample_video
 from core.outputs.export import EXPORT_FORMATS
 from core.outputs.fused import FUSED_FORMATS
-from pipeline import Pipeline, Result, stage_label
+from pipeline import Pipeline, Result, RunLimits, check_run, stage_label
 
 __all__ = [
     "DISPLAY_KEYS",
@@ -116,24 +120,36 @@ def package_formats(viz: VizConfig) -> tuple[str, ...]:
 
 
 class SessionJobs:
-    """Which job ids belong to which live browser session (thread-safe; one per demo)."""
+    """The job each live session's state holds (thread-safe; one per demo): protected from cleanup
+    until the session's next result replaces it or Gradio deletes the session's state."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._jobs: dict[str, set[str]] = {}
+        self._jobs: dict[str, str] = {}
 
-    def add(self, session: str, job_id: str) -> None:
+    def add(self, session: str, job_id: str) -> str | None:
+        """The session's state now holds ``job_id``; returns the job it held before (no longer protected)."""
         with self._lock:
-            self._jobs.setdefault(session, set()).add(job_id)
+            previous = self._jobs.get(session)
+            self._jobs[session] = job_id
+            return previous if previous != job_id else None
 
     def release(self, session: str) -> set[str]:
         """Forget a session; returns its job ids."""
         with self._lock:
-            return self._jobs.pop(session, set())
+            job = self._jobs.pop(session, None)
+            return {job} if job is not None else set()
+
+    def drop_job(self, job_id: str) -> bool:
+        """Forget every session holding ``job_id`` (its state was deleted); True when none holds it now."""
+        with self._lock:
+            for session in [s for s, j in self._jobs.items() if j == job_id]:
+                del self._jobs[session]
+            return job_id not in self._jobs.values()
 
     def protected(self) -> frozenset[str]:
         with self._lock:
-            return frozenset(j for jobs in self._jobs.values() for j in jobs)
+            return frozenset(self._jobs.values())
 
 
 @dataclass(frozen=True)
@@ -201,12 +217,32 @@ def _file_paths(files: Any) -> list[Path]:
     return out
 
 
-def _thumbnail(path: Path) -> np.ndarray:
+def _thumbnail(path: Path, max_pixels: int) -> np.ndarray:
+    """A small preview; images over ``max_pixels`` (the pipeline's limit) are refused from their
+    header, JPEGs are decoded at a reduced scale (``draft``), so a preview never costs more memory
+    than a run would."""
     heif_available()  # registers the HEIC opener when pillow-heif is installed
     with Image.open(path) as im:
+        w, h = im.size
+        if w * h > max_pixels:
+            raise ValueError(f"{w}x{h} is over the limit of {max_pixels} pixels (possible decompression bomb)")
+        im.draft("RGB", (_THUMB_SIZE, _THUMB_SIZE))
         im = ImageOps.exif_transpose(im)
         im.thumbnail((_THUMB_SIZE, _THUMB_SIZE))
         return np.asarray(im.convert("RGB"))
+
+
+#: An absolute path in a message (``/srv/app/outputs/2026.../inputs/a.jpg``): users see only its last part.
+_ABS_PATH_RE = re.compile(r"(?<![\w.:])/(?:[^/\s'\"]+/)+([^/\s'\"]*)")
+
+
+def public_message(text: str) -> str:
+    """A message without server paths: each absolute path is shortened to its file name.
+
+    >>> public_message("fake.png: cannot identify image file '/tmp/gradio/1a2b/fake.png'")
+    "fake.png: cannot identify image file 'fake.png'"
+    """
+    return _ABS_PATH_RE.sub(lambda m: m.group(1) or "the server's folder", " ".join(text.split()))
 
 
 def _fmt_seconds(s: float) -> str:
@@ -258,6 +294,7 @@ class UIHandlers:
         self.pipeline = pipeline
         self.sessions = sessions if sessions is not None else SessionJobs()
         self.previews = VideoPreviews(Path(cfg.jobs.output_root) / ".previews")
+        self._thumb_slots = threading.BoundedSemaphore(cfg.ui.thumbnail_workers)
 
     # -- status ----------------------------------------------------------------------------
     def model_status_md(self) -> str:
@@ -293,14 +330,17 @@ class UIHandlers:
             gr.Warning(f"{len(paths)} images uploaded; at most {self.cfg.ui.max_images} are allowed per run.")
         options = video_options(self._settings(settings)[1]) if any(map(is_video, paths)) else None
         out = []
-        for p in paths:
+        for p in paths[: self.cfg.ui.max_images]:
             if options is not None and is_video(p):
                 preview = self._video_preview(p, options)
                 out.extend(preview.thumbs if preview is not None else ())
                 continue
             try:
-                out.append((_thumbnail(p), p.name))
-            except (OSError, ValueError, Image.DecompressionBombError) as e:
+                with self._thumb_slots:  # bounded decodes at once (the event runs outside the queue)
+                    out.append((_thumbnail(p, self.cfg.preprocess.max_pixels), p.name))
+            except ValueError as e:
+                gr.Warning(f"{p.name}: not previewed: {e}")
+            except (OSError, Image.DecompressionBombError) as e:
                 gr.Warning(f"{p.name}: not a readable image ({type(e).__name__})")
         return gr.Gallery(value=out, visible=bool(out))
 
@@ -403,10 +443,7 @@ class UIHandlers:
                 f"Internal error {eid}: this is a bug, not your input. The server log has the details under {eid}."
             )
             return gr.Error(message, title=title, duration=None, print_exception=False)
-        message = " ".join(str(e).split()) or type(e).__name__
-        if job_dir is not None:  # server paths mean nothing to the user: keep the file names
-            for folder in (job_dir / "inputs", job_dir):
-                message = message.replace(f"{folder}{os.sep}", "").replace(str(folder), "")
+        message = public_message(str(e)) or type(e).__name__  # server paths mean nothing to the user
         logger.warning("%s: %s", title, message)
         return gr.Error(message, title=title, duration=None, print_exception=False)
 
@@ -427,13 +464,16 @@ class UIHandlers:
             )
         engine, cfg = self._settings(settings)
         session = getattr(request, "session_hash", None) or "anonymous"
-        job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
-        self.sessions.add(session, job.id)
         try:
-            result = self.pipeline.reconstruct(paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress))
+            check_run(paths, replace(cfg, engine=engine), limits=self._limits())  # nothing is created if not
+            job = self.pipeline.new_job(cfg, protected=self.sessions.protected(), inputs=paths)
+            result = self.pipeline.reconstruct(
+                paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress), limits=self._limits()
+            )
+            self.sessions.add(session, result.job.id)
             return self._outputs(result)
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Reconstruction", job.dir) from e
+            raise self._fail(e, "Reconstruction") from e
 
     def realign(
         self,
@@ -443,7 +483,7 @@ class UIHandlers:
         **settings: Any,
     ):
         """Re-align button / ``/realign``: the last DUSt3R run's pairs with new alignment settings."""
-        if result is None or result.pairs_path is None or not Path(result.pairs_path).is_file():
+        if result is None or result.pairs_path is None:
             raise gr.Error(
                 "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
                 title="Nothing to re-align",
@@ -451,13 +491,20 @@ class UIHandlers:
             )
         _engine, cfg = self._settings(settings)
         session = getattr(request, "session_hash", None) or "anonymous"
-        job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
-        self.sessions.add(session, job.id)
         try:
-            new = self.pipeline.realign(result.pairs_path, cfg, job=job, progress=self._progress_fn(progress))
+            if not Path(result.pairs_path).is_file():
+                raise ResultExpiredError(
+                    "this result has expired: its files were cleaned up, so there is nothing to re-align. "
+                    "Run the reconstruction again"
+                )
+            job = self.pipeline.new_job(cfg, protected=self.sessions.protected() | {result.job.id})
+            new = self.pipeline.realign(
+                result.pairs_path, cfg, job=job, progress=self._progress_fn(progress), limits=self._limits()
+            )
+            self.sessions.add(session, new.job.id)
             return self._outputs(new)
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Re-alignment", job.dir) from e
+            raise self._fail(e, "Re-alignment") from e
 
     def render(self, result: Result | None, **display: Any):
         """Display change / ``/render``: re-export the GLB from the kept scene (no re-run).
@@ -490,17 +537,26 @@ class UIHandlers:
             raise self._fail(e, "Packaging") from e
         return str(files["zip"])
 
+    def _limits(self) -> RunLimits:
+        return RunLimits.from_config(self.cfg)
+
     def unload(self, request: gr.Request) -> None:
-        """Tab closed: release the session's jobs (delete them unless ``keep_session_jobs``)."""
+        """Heartbeat lost (tab closed, or a network drop the page may recover from): nothing is
+        released here. Gradio keeps the session's state for an hour after that; its job is
+        released when the state is deleted (:meth:`release_result`)."""
         session = getattr(request, "session_hash", None)
-        if not session:
+        if session:
+            logger.debug("session %s: heartbeat lost; its result stays until its state is deleted", session)
+
+    def release_result(self, result: Result | None) -> None:
+        """The state holding ``result`` was deleted (``gr.State(delete_callback=...)``): its job is
+        no longer protected, and is deleted now unless ``keep_session_jobs`` (or another session
+        holds it)."""
+        if not isinstance(result, Result):
             return
-        jobs = self.sessions.release(session)
-        if self.cfg.jobs.keep_session_jobs:
-            return
-        root = Path(self.cfg.jobs.output_root)
-        for job_id in jobs:
-            shutil.rmtree(root / job_id, ignore_errors=True)
+        unheld = self.sessions.drop_job(result.job.id)
+        if unheld and not self.cfg.jobs.keep_session_jobs and result.job.id not in self.pipeline.active_jobs():
+            shutil.rmtree(result.job.dir, ignore_errors=True)
 
     @staticmethod
     def glb_ready():

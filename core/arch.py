@@ -26,6 +26,8 @@ _DESC_MODE_RE = re.compile(r"pts3d\+desc(\d+)")
 _DEPTH_MODES = ("exp", "square", "linear")
 _CONF_MODES = ("exp", "sigmoid")
 _FREEZE = ("none", "mask", "encoder")
+#: Largest accepted sizes (official: widths 1024/768, depths 24/12, heads 16/12, patch 16, mlp_ratio 4).
+_MAX = {"dim": 16384, "depth": 256, "heads": 1024, "size": 256, "mlp_ratio": 64.0, "img_size": 8192}
 #: Field metadata of the keys an official config.json leaves out (written only when not at the default).
 _OPTIONAL = {"config_json": "optional"}
 
@@ -147,7 +149,35 @@ class ModelArch:
             raise ValueError(f"depth_mode must be ('exp'|'square'|'linear', -inf, inf), got {d!r}")
         _check_conf_mode(self.conf_mode, "conf_mode")
 
+    def _check_bounds(self) -> None:
+        """Every size positive and below :data:`_MAX` (an absurd config fails here, before anything
+        is built or allocated)."""
+        sizes = {
+            "enc_embed_dim": self.enc_embed_dim, "enc_depth": self.enc_depth, "enc_num_heads": self.enc_num_heads,
+            "dec_embed_dim": self.dec_embed_dim, "dec_depth": self.dec_depth, "dec_num_heads": self.dec_num_heads,
+            "patch_size": self.patch_size, "dpt_feature_dim": self.dpt_feature_dim, "dpt_last_dim": self.dpt_last_dim,
+        }  # fmt: skip
+        for name, value in sizes.items():
+            limit = _MAX.get(name.rsplit("_", 1)[1], _MAX["dim"])
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= limit:
+                raise ValueError(f"{name} must be an int in [1, {limit}], got {value!r}")
+        if not isinstance(self.mlp_ratio, (int, float)) or not 0 < self.mlp_ratio <= _MAX["mlp_ratio"]:
+            raise ValueError(f"mlp_ratio must be in (0, {_MAX['mlp_ratio']}], got {self.mlp_ratio!r}")
+        if any(not isinstance(s, int) or s > _MAX["img_size"] for s in self.img_size):
+            raise ValueError(f"img_size must be at most {_MAX['img_size']} pixels per side, got {self.img_size!r}")
+
+    @property
+    def min_parameters(self) -> int:
+        """A lower bound of the network's parameter count (the encoder's and both decoders'
+        attention and MLP weights), to reject a config that does not fit the file's tensors
+        before the network is built."""
+        r = float(self.mlp_ratio)
+        enc = self.enc_depth * (4 + 2 * r) * self.enc_embed_dim**2
+        dec = 2 * self.dec_depth * (8 + 2 * r) * self.dec_embed_dim**2
+        return int(enc + dec)
+
     def _check_widths(self) -> None:
+        self._check_bounds()
         for name, dim, heads in (
             ("enc", self.enc_embed_dim, self.enc_num_heads),
             ("dec", self.dec_embed_dim, self.dec_num_heads),

@@ -238,6 +238,17 @@ def _arch(config: Mapping[str, Any], source: str) -> ModelArch:
         raise CheckpointError(f"invalid model config for {source}: {e}") from e
 
 
+def _check_fits(arch: ModelArch, state_dict: Mapping[str, Any], source: str) -> None:
+    """A config that needs more parameters than the file holds is not this file's: rejected
+    before the network is built."""
+    held = sum(int(t.numel()) for t in state_dict.values() if isinstance(t, torch.Tensor))
+    if arch.min_parameters > held:
+        raise CheckpointError(
+            f"{source}: its config describes a network of at least {arch.min_parameters:,} parameters, but the "
+            f"file holds {held:,} values; the config does not belong to these weights"
+        )
+
+
 def _read_safetensors(weights: Path, config_path: Path, source: str | None = None) -> CheckpointFile:
     from safetensors import SafetensorError, safe_open
 
@@ -248,6 +259,7 @@ def _read_safetensors(weights: Path, config_path: Path, source: str | None = Non
             state_dict = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (safe_open has no iter)
     except (SafetensorError, OSError) as e:
         raise CheckpointError(f"cannot read {weights}: corrupt, truncated or not a safetensors file ({e})") from e
+    _check_fits(arch, state_dict, source or str(weights))
     return CheckpointFile(source or str(weights), arch, state_dict, aliases)
 
 
@@ -271,7 +283,9 @@ def _read_pth(path: Path) -> CheckpointFile:
     constructor = getattr(ckpt.get("args"), "model", None)
     if constructor is None:
         raise CheckpointError(f"{path} has no 'args.model' constructor string; cannot tell the architecture")
-    return CheckpointFile(str(path), _arch(parse_constructor_string(constructor), str(path)), ckpt["model"])
+    arch = _arch(parse_constructor_string(constructor), str(path))
+    _check_fits(arch, ckpt["model"], str(path))
+    return CheckpointFile(str(path), arch, ckpt["model"])
 
 
 def _read_folder(path: Path) -> CheckpointFile:

@@ -37,7 +37,13 @@ __all__ = [
     "ColmapError",
     "PairsFileError",
     "InsufficientMemoryError",
+    "StorageError",
+    "DiskFullError",
+    "ResultExpiredError",
+    "RunLimitError",
     "Cancelled",
+    "Interrupted",
+    "Terminated",
     "exit_code_for",
     "internal_error_id",
 ]
@@ -100,8 +106,9 @@ class ColmapError(ReconstructionError):
 
 
 class PairsFileError(UserError, ValueError):
-    """A pair-predictions file (``pairs.npz``) that cannot be read."""
+    """A pair-predictions file (``pairs.npz``) that cannot be read: a bad input file (exit 3)."""
 
+    exit_code = EXIT_INPUT
     title = "Unreadable pairs file"
 
 
@@ -111,6 +118,35 @@ class InsufficientMemoryError(UserError, RuntimeError):
     title = "Not enough memory"
 
 
+class StorageError(UserError, RuntimeError):
+    """Not enough storage for a new run: the output folder's size limit is reached by results still
+    in use, or the disk's free space is below the configured floor. Nothing was written."""
+
+    title = "Not enough storage"
+
+
+class DiskFullError(StorageError):
+    """The disk filled up while a run was writing; the message names the folder and the free space.
+    The run's partial files were removed, so the next run succeeds once space is freed."""
+
+    def __init__(self, message: str, *, folder: str | None = None, free_bytes: int | None = None) -> None:
+        super().__init__(message)
+        self.folder = folder
+        self.free_bytes = free_bytes
+
+
+class ResultExpiredError(UserError, RuntimeError):
+    """A kept result whose files were cleaned up (too old, or its session ended): run it again."""
+
+    title = "Result expired"
+
+
+class RunLimitError(UserError, ValueError):
+    """A run over one of the web app's per-run limits (pairs, run time); the message names the limit."""
+
+    title = "Over the server's limits"
+
+
 class Cancelled(UserError, RuntimeError):
     """The user cancelled the run."""
 
@@ -118,10 +154,31 @@ class Cancelled(UserError, RuntimeError):
     title = "Cancelled"
 
 
+class Interrupted(Cancelled):
+    """The process is shutting down (SIGTERM/SIGINT): the running job was stopped and marked
+    ``interrupted``; raised in worker threads at their next progress report."""
+
+    exit_code = EXIT_TERMINATED
+    title = "Server shutting down"
+
+
+class Terminated(BaseException):
+    """A stop signal in the main thread (SIGTERM, or SIGINT where KeyboardInterrupt would be
+    swallowed): a BaseException, so no ``except Exception`` catches it on the way out. Exit code
+    128 + the signal number: 143 for SIGTERM, 130 for SIGINT."""
+
+    exit_code = EXIT_TERMINATED
+
+    def __init__(self, signum: int = 15) -> None:
+        super().__init__(f"stopped by signal {signum}")
+        self.signum = signum
+        self.exit_code = 128 + signum
+
+
 def exit_code_for(exc: BaseException) -> int:
     """The CLI exit code of an exception: its class's for a :class:`UserError`, 3 for a missing
-    file, 130 for Ctrl-C, else 70 (internal error)."""
-    if isinstance(exc, UserError):
+    file, 130 for Ctrl-C, 143 for SIGTERM, else 70 (internal error)."""
+    if isinstance(exc, (UserError, Terminated)):
         return exc.exit_code
     if isinstance(exc, FileNotFoundError):
         return EXIT_INPUT

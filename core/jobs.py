@@ -1,25 +1,38 @@
-"""Job folders, their cleanup, and their manifests.
+"""Job folders: atomic writes, run status, cleanup within a size limit, and the manifests.
 
 Every run owns one folder (:class:`Job`) below ``cfg.jobs.output_root`` named by a unique id (UTC
 timestamp + random hex): ``inputs/`` (copies of the uploads), ``settings.json``, ``pairs.npz``
-(DUSt3R pair predictions), ``scene.npz``, ``exports/<n>/`` (one folder per export, so concurrent
-exports never share a file) and ``manifest.json`` (settings, library versions, engine, per-stage
-timings, images, warnings, files). Two runs never share a file. :func:`cleanup_jobs` deletes old
-jobs by age and total size; the caller passes the ids it must keep (the live sessions' jobs), nothing
-is kept in globals. Only the pipeline writes manifests, through the functions here.
+(DUSt3R pair predictions), ``scene.npz``, ``views/`` (gallery), ``exports/<n>/`` (one folder per
+export, so concurrent exports never share a file) and ``manifest.json`` (status, settings, library
+versions, engine, per-stage timings, images, warnings, files). Two runs never share a file.
+
+Outputs never lie:
+
+- every file is written under a temporary name in its folder and renamed into place
+  (:func:`atomic_path`, :func:`write_json`); a run writes its outputs into a hidden staging folder
+  (:func:`staging`) and moves them into the job folder when all are complete (:func:`publish`),
+  ``manifest.json`` last, so ``status: done`` is only ever beside complete outputs;
+- ``.running`` names the process that runs the job (pid, its start time, boot id, host): a job
+  whose process is gone (``kill -9``, a crash) is marked ``interrupted`` and its temporary files
+  are removed by the next start-up or cleanup pass (:func:`recover_job`);
+- :func:`cleanup_jobs` deletes failed and interrupted jobs first, then the least recently used,
+  by age and while the root is over ``max_total_mb`` or the disk's free space is under
+  ``min_free_mb``; :func:`ensure_room` refuses a new run (:class:`StorageError`) when that cannot be
+  met without deleting live work. The caller passes the ids it must keep; nothing is kept in globals.
+
+Manifests: :func:`write_manifest`, :func:`read_manifest`, :func:`update_manifest` (only the pipeline
+calls them). Paths in a manifest are relative to the job.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import importlib.metadata
 import json
 import logging
 import os
-import platform
 import re
 import shutil
+import socket
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -27,25 +40,61 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from config import AppConfig, JobConfig
-from core.inputs.exif_gps import gps_records
-from core.types import ProgressFn, Scene
+from config import JobConfig
+from core.errors import SettingsError, StorageError
+from core.manifests import (
+    MANIFEST_FILE,
+    SETTINGS_FILE,
+    library_versions,
+    manifest_data,
+    read_manifest_file,
+    relative_path,
+    settings_dict,
+)
+from core.storage import (
+    atomic_path,
+    disk_full_error,
+    folder_size,
+    free_bytes,
+    is_disk_full,
+    publish,
+    remove_partial_files,
+    staging,
+    unpublish,
+    write_json,
+)
 
 __all__ = [
     "PAIRS_FILE",
     "SCENE_FILE",
     "MANIFEST_FILE",
     "SETTINGS_FILE",
+    "STATUS_RUNNING",
+    "STATUS_DONE",
+    "STATUS_FAILED",
+    "STATUS_INTERRUPTED",
     "Job",
-    "StageClock",
     "create_job",
     "job_in_folder",
+    "check_output_folder",
+    "drop_previous",
     "cleanup_jobs",
+    "ensure_room",
+    "recover_job",
+    "job_exists",
     "copy_inputs",
+    "safe_name",
     "new_export_dir",
     "mark_running",
+    "atomic_path",
+    "staging",
+    "publish",
+    "unpublish",
+    "remove_partial_files",
+    "is_disk_full",
+    "disk_full_error",
+    "free_bytes",
+    "folder_size",
     "write_json",
     "write_settings",
     "write_manifest",
@@ -58,13 +107,24 @@ logger = logging.getLogger(__name__)
 
 PAIRS_FILE = "pairs.npz"
 SCENE_FILE = "scene.npz"
-MANIFEST_FILE = "manifest.json"
-SETTINGS_FILE = "settings.json"
+STATUS_RUNNING = "running"
+STATUS_DONE = "done"
+STATUS_FAILED = "failed"
+STATUS_INTERRUPTED = "interrupted"
 _MARKER_FILE = ".dust3r-job"
 _RUNNING_FILE = ".running"
+_PREVIOUS_DIR = ".previous"
 _EXPORTS_DIR = "exports"
 _KEEP_EXPORTS = 3
 _JOB_ID_RE = re.compile(r"\d{8}-\d{6}-[0-9a-f]{8}")
+_EXPORT_RE = re.compile(r"\d{20}-[0-9a-f]{32}")
+#: What this app writes into an output folder (the CLI's ``--output``): moved aside or removed before a new run.
+_APP_OUTPUTS = (
+    MANIFEST_FILE, SETTINGS_FILE, SCENE_FILE, PAIRS_FILE, "scene.glb", "pointcloud.ply", "mesh.obj", "cameras.json",
+    "reconstruction.zip", "colmap", "depth", "maps", "colmap_work", "views", _EXPORTS_DIR, _RUNNING_FILE,
+)  # fmt: skip
+_UNSAFE_NAME_RE = re.compile(r"[\s\x00-\x1f\x7f/\\]+")
+_MB = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -94,6 +154,12 @@ class Job:
     def scene_path(self) -> Path:
         return self.dir / SCENE_FILE
 
+    @property
+    def label(self) -> str:
+        """How messages name the folder: ``job <id>`` for the web app's jobs (no server paths shown
+        to users), the folder as given for the CLI's ``--output``."""
+        return f"job {self.id}" if self.copy_inputs else str(self.dir)
+
 
 def _new_job_id() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -110,28 +176,193 @@ def create_job(output_root: str | Path) -> Job:
             folder.mkdir()
         except FileExistsError:
             continue
-        (folder / _MARKER_FILE).write_text(job_id + "\n", encoding="utf-8")
+        try:
+            with atomic_path(folder / _MARKER_FILE) as tmp:
+                tmp.write_text(job_id + "\n", encoding="utf-8")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return Job(id=job_id, dir=folder, copy_inputs=True)
 
 
-def job_in_folder(folder: str | Path) -> Job:
-    """A job writing into a folder the user chose (the CLI's ``--output DIR``); inputs read in place."""
+def job_in_folder(folder: str | Path, *, keep: Sequence[str | Path] = ()) -> Job:
+    """A job writing into a folder the user chose (the CLI's ``--output DIR``); inputs read in place.
+
+    An earlier result of this app in the folder is first moved aside into ``.previous/`` (when it
+    was ``done``; removed by :func:`drop_previous` once the new run is done) or removed (a failed
+    or interrupted one), so the folder never shows an earlier manifest beside this run's files.
+    Files in ``keep`` (the run's inputs) are never touched. Raises SettingsError when ``folder`` is
+    a file or cannot be created or written (a bad command line).
+    """
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"output {folder} exists and is not a folder")
-    folder.mkdir(parents=True, exist_ok=True)
+    check_output_folder(folder)
+    _set_aside_previous(folder, {Path(p).resolve() for p in keep})
     return Job(id=_new_job_id(), dir=folder, copy_inputs=False)
 
 
-def _folder_size(folder: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(folder):
-        for name in files:
-            try:
-                total += (Path(dirpath) / name).stat().st_size
-            except OSError:
-                continue
-    return total
+def check_output_folder(folder: str | Path) -> None:
+    """Create ``folder`` if needed and check that a file can be written in it. Raises SettingsError
+    (a bad command line) when it is a file or cannot be created or written."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise SettingsError(f"output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / ".write-test") as tmp:
+            tmp.write_bytes(b"")
+        (folder / ".write-test").unlink()
+    except OSError as e:
+        raise SettingsError(f"output {folder} cannot be created or written ({e.strerror or e})") from e
+
+
+def _set_aside_previous(folder: Path, keep: set[Path]) -> None:
+    """Move an earlier ``done`` result into ``.previous/`` (its manifest first, renamed so that it
+    claims nothing until every file has joined it), or remove an unfinished one. Resumes a
+    set-aside that a kill interrupted."""
+    previous = folder / _PREVIOUS_DIR
+    pending = previous / f"{MANIFEST_FILE}.pending"
+    data = read_manifest_file(folder / MANIFEST_FILE)
+    resume = pending.is_file()
+    ours = bool(data.get("job_id")) or (folder / _RUNNING_FILE).exists() or resume
+    remove_partial_files(folder, subfolders=(_EXPORTS_DIR,))
+    if not ours:
+        return
+    entries = [folder / n for n in _APP_OUTPUTS if (folder / n).exists() and (folder / n).resolve() not in keep]
+    if data.get("status") == STATUS_DONE or resume:
+        if not resume:
+            shutil.rmtree(previous, ignore_errors=True)
+            previous.mkdir()
+            os.replace(folder / MANIFEST_FILE, pending)
+        for p in entries:
+            if p.name != MANIFEST_FILE or not resume:
+                _move_replacing(p, previous / p.name)
+        os.replace(pending, previous / MANIFEST_FILE)
+        logger.info("moved the earlier result in %s aside into %s", folder, previous)
+        return
+    for p in entries:
+        shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
+
+
+def _move_replacing(src: Path, dst: Path) -> None:
+    if not src.exists():
+        return
+    if dst.is_dir() and not dst.is_symlink():
+        shutil.rmtree(dst)
+    os.replace(src, dst)
+
+
+def drop_previous(job: Job) -> None:
+    """Remove the earlier result that :func:`job_in_folder` moved aside (after this run is done)."""
+    shutil.rmtree(job.dir / _PREVIOUS_DIR, ignore_errors=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Running marker, liveness, interrupted jobs
+# --------------------------------------------------------------------------------------------
+
+
+def _proc_start(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (Linux), None when unknown."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return int(text.rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return None
+
+
+def _running_info() -> dict[str, Any]:
+    pid = os.getpid()
+    return {"pid": pid, "start": _proc_start(pid), "boot": _boot_id(), "host": socket.gethostname()}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _is_live(running: Path) -> bool:
+    """Whether the process named by a ``.running`` file still runs (unknown hosts count as live)."""
+    try:
+        text = running.read_text(encoding="utf-8").strip()
+    except OSError:
+        return False
+    try:
+        info = json.loads(text) if text.startswith("{") else {"pid": int(text)}
+        pid = int(info["pid"])
+    except (ValueError, KeyError, TypeError):
+        return False  # empty or garbled: written by a process that died mid-write
+    if info.get("host") not in (None, socket.gethostname()):
+        return True  # another machine sharing the folder: cannot tell
+    if info.get("boot") not in (None, _boot_id()) or not _pid_alive(pid):
+        return False
+    start = info.get("start")
+    return start is None or _proc_start(pid) in (None, start)
+
+
+@contextlib.contextmanager
+def mark_running(job: Job) -> Iterator[None]:
+    """A ``.running`` file (this process's pid, start time, boot id, host) while the block runs:
+    cleanup keeps the job while that process lives, and marks it interrupted once it is gone."""
+    running = job.dir / _RUNNING_FILE
+    write_json(running, _running_info())
+    try:
+        yield
+    finally:
+        running.unlink(missing_ok=True)
+
+
+def recover_job(folder: Path) -> str | None:
+    """Bring a job folder up to date and return its status (None: no manifest).
+
+    A job whose ``.running`` process is gone, or whose manifest still says ``running`` with no
+    live process, is marked ``interrupted`` (its manifest says so and why) and its temporary files
+    and staging folders are removed. Live jobs are left alone.
+    """
+    folder = Path(folder)
+    running = folder / _RUNNING_FILE
+    if running.exists() and _is_live(running):
+        return STATUS_RUNNING
+    data = read_manifest_file(folder / MANIFEST_FILE)
+    status = data.get("status")
+    stale = running.exists() or status == STATUS_RUNNING
+    if not stale:
+        return status
+    remove_partial_files(folder, subfolders=(_EXPORTS_DIR,))
+    if status in (None, STATUS_RUNNING):
+        data.update(
+            status=STATUS_INTERRUPTED,
+            error="the process running this job stopped before it finished (killed or crashed)",
+            interrupted=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        )
+        data.setdefault("job_id", folder.name)
+        with contextlib.suppress(OSError):
+            write_json(folder / MANIFEST_FILE, data)
+        status = STATUS_INTERRUPTED
+        logger.warning("job %s: its process is gone; marked interrupted", folder.name)
+    running.unlink(missing_ok=True)
+    return status
+
+
+# --------------------------------------------------------------------------------------------
+# Cleanup and room for new runs
+# --------------------------------------------------------------------------------------------
+
+
+def job_exists(job: Job) -> bool:
+    """Whether the job's folder is still there (web jobs: with their marker; not cleaned up)."""
+    return job.dir.is_dir() and (not job.copy_inputs or (job.dir / _MARKER_FILE).is_file())
 
 
 def _job_folders(root: Path) -> list[Path]:
@@ -151,230 +382,176 @@ def _last_activity(folder: Path) -> float:
     return max(times)
 
 
-def cleanup_jobs(
-    cfg: JobConfig, *, protected: frozenset[str] | set[str] = frozenset(), now: float | None = None
-) -> list[str]:
-    """Delete old jobs below ``cfg.output_root``; returns the deleted ids.
+@dataclass
+class _Entry:
+    folder: Path
+    status: str | None
+    last: float
+    size: int
 
-    First every job whose last activity is older than ``cfg.max_age_hours``, then the least
-    recently active ones while the folder holds more than ``cfg.max_total_mb``. Never deleted:
-    ids in ``protected`` (the live sessions' jobs), jobs still running (another process), and
-    anything that is not a job folder created by :func:`create_job`.
+
+def _survey(root: Path) -> list[_Entry]:
+    """Every job below ``root`` (stale ones recovered first): failed and interrupted first, then
+    the least recently active."""
+    entries = []
+    for folder in _job_folders(root):
+        try:
+            status = recover_job(folder)
+            entries.append(_Entry(folder, status, _last_activity(folder), folder_size(folder)))
+        except OSError:
+            continue
+    entries.sort(key=lambda e: (e.status not in (STATUS_FAILED, STATUS_INTERRUPTED), e.last))
+    return entries
+
+
+def _over(cfg: JobConfig, total: int, root: Path, reserve: int) -> bool:
+    if total + reserve > cfg.max_total_mb * _MB:
+        return True
+    free = free_bytes(root)
+    return free is not None and free - reserve < cfg.min_free_mb * _MB
+
+
+def cleanup_jobs(
+    cfg: JobConfig,
+    *,
+    protected: frozenset[str] | set[str] = frozenset(),
+    now: float | None = None,
+    reserve_bytes: int = 0,
+) -> list[str]:
+    """Delete jobs below ``cfg.output_root``; returns the deleted ids.
+
+    Stale jobs (process gone) are marked interrupted first (:func:`recover_job`). Then, failed
+    and interrupted jobs first and otherwise the least recently active first: every job older than
+    ``cfg.max_age_hours``, and more while the root plus ``reserve_bytes`` is over
+    ``cfg.max_total_mb`` or the disk's free space minus ``reserve_bytes`` is under
+    ``cfg.min_free_mb``. Never deleted: ids in ``protected`` (live sessions' jobs), jobs whose
+    process still runs, and anything that is not a job folder created by :func:`create_job`.
     """
     now = time.time() if now is None else now
     root = Path(cfg.output_root)
-    jobs = []
-    for folder in _job_folders(root):
-        try:
-            jobs.append((_last_activity(folder), folder, _folder_size(folder)))
-        except OSError:
-            continue
-    jobs.sort(key=lambda item: item[0])
-    total = sum(size for _, _, size in jobs)
-    limit = cfg.max_total_mb * 1024 * 1024
+    entries = _survey(root)
+    total = sum(e.size for e in entries)
     deleted: list[str] = []
-    for last, folder, size in jobs:
-        too_old = now - last > cfg.max_age_hours * 3600
-        if not (too_old or total > limit):
+    for e in entries:
+        too_old = now - e.last > cfg.max_age_hours * 3600
+        if e.folder.name in protected or e.status == STATUS_RUNNING:
             continue
-        if folder.name in protected:
+        if not (too_old or _over(cfg, total, root, reserve_bytes)):
             continue
-        running = folder / _RUNNING_FILE
-        if running.exists() and now - running.stat().st_mtime < cfg.max_age_hours * 3600:
-            continue
-        shutil.rmtree(folder, ignore_errors=True)
-        if not folder.exists():
-            deleted.append(folder.name)
-            total -= size
+        shutil.rmtree(e.folder, ignore_errors=True)
+        if not e.folder.exists():
+            deleted.append(e.folder.name)
+            total -= e.size
     if deleted:
-        logger.info("cleaned %d old job(s) from %s", len(deleted), root)
+        logger.info("cleaned %d job(s) from %s", len(deleted), root)
     return deleted
 
 
-@contextlib.contextmanager
-def mark_running(job: Job) -> Iterator[None]:
-    """A ``.running`` file (holding this process id) while the block runs: cleanup keeps the job."""
-    running = job.dir / _RUNNING_FILE
-    running.write_text(str(os.getpid()), encoding="utf-8")
-    try:
-        yield
-    finally:
-        running.unlink(missing_ok=True)
+def ensure_room(
+    cfg: JobConfig, *, protected: frozenset[str] | set[str] = frozenset(), reserve_bytes: int = 0
+) -> list[str]:
+    """Clean up (:func:`cleanup_jobs`), then raise :class:`StorageError` when a new run that may
+    write ``reserve_bytes`` still does not fit under ``max_total_mb`` or above ``min_free_mb``
+    (live work is never deleted to make room). Returns the deleted ids."""
+    deleted = cleanup_jobs(cfg, protected=protected, reserve_bytes=reserve_bytes)
+    root = Path(cfg.output_root)
+    total = sum(folder_size(f) for f in _job_folders(root))
+    need, limit = f"{reserve_bytes / _MB:.1f} MB", f"{cfg.max_total_mb:g} MB"
+    if reserve_bytes > cfg.max_total_mb * _MB:
+        raise StorageError(
+            f"this run would write about {need}, more than the server's storage limit of {limit} "
+            "(max_total_mb); use fewer or smaller images or a sparser scene graph"
+        )
+    if total + reserve_bytes > cfg.max_total_mb * _MB:
+        raise StorageError(
+            f"the server's storage limit is reached: results still in use take {total / _MB:.1f} MB of the "
+            f"{limit} allowed (max_total_mb) and this run needs about {need} more. Try again later"
+        )
+    free = free_bytes(root)
+    if free is not None and free - reserve_bytes < cfg.min_free_mb * _MB:
+        raise StorageError(
+            f"the server's disk is almost full: {free / _MB:.0f} MB free, this run needs about {need} "
+            f"and {cfg.min_free_mb:g} MB must stay free (min_free_mb). Try again later"
+        )
+    return deleted
+
+
+# --------------------------------------------------------------------------------------------
+# Inputs and export folders
+# --------------------------------------------------------------------------------------------
+
+
+def safe_name(name: str) -> str:
+    """A file name without spaces, control characters (line breaks, tabs) or path separators,
+    which break COLMAP's text files (a name ends at its first space) and line-based tools:
+    ``"my photo\\n2.png"`` -> ``"my_photo_2.png"``."""
+    cleaned = _UNSAFE_NAME_RE.sub("_", name).strip()
+    return cleaned if cleaned.strip("._") else "image" + Path(cleaned).suffix
 
 
 def copy_inputs(paths: Sequence[Path], job: Job) -> list[Path]:
-    """Copy the images into the job's ``inputs/``, keeping their names (duplicates get ``-k``)."""
+    """Copy the images into the job's ``inputs/`` (each atomically), keeping their names; unsafe
+    characters are replaced (:func:`safe_name`), duplicates get ``-k``."""
     job.inputs_dir.mkdir(parents=True, exist_ok=True)
     used: set[str] = set()
     copies = []
     for src in paths:
-        name, k = src.name, 1
+        base = safe_name(src.name)
+        stem, suffix = Path(base).stem, Path(base).suffix
+        name, k = base, 1
         while name.lower() in used:
-            name = f"{src.stem}-{k}{src.suffix}"
+            name = f"{stem}-{k}{suffix}"
             k += 1
         used.add(name.lower())
-        dst = job.inputs_dir / name
-        shutil.copyfile(src, dst)
-        copies.append(dst)
+        with atomic_path(job.inputs_dir / name) as tmp:
+            shutil.copyfile(src, tmp)
+        copies.append(job.inputs_dir / name)
     return copies
 
 
-def new_export_dir(job: Job) -> Path:
-    """A fresh ``exports/<n>`` folder; older ones beyond the newest few are removed."""
+def _export_folders(root: Path) -> list[Path]:
+    return sorted(p for p in root.iterdir() if p.is_dir() and _EXPORT_RE.fullmatch(p.name))
+
+
+def new_export_dir(job: Job, *, keep_s: float = 120.0, create: bool = True) -> Path:
+    """A fresh ``exports/<n>`` folder name (``n`` sortable by time, with 128 random bits, so its
+    address cannot be guessed); created unless ``create`` is False. Older export folders beyond
+    the newest few are removed, but none younger than ``keep_s`` seconds (a download of it may
+    still be in flight). Raises FileNotFoundError when the job folder itself is gone."""
     root = job.dir / _EXPORTS_DIR
-    root.mkdir(parents=True, exist_ok=True)
-    folder = root / f"{time.time_ns():020d}-{uuid.uuid4().hex[:6]}"
-    folder.mkdir()
-    old = sorted(p for p in root.iterdir() if p.is_dir())[:-_KEEP_EXPORTS]
-    for p in old:
-        shutil.rmtree(p, ignore_errors=True)
+    root.mkdir(exist_ok=True)  # no parents: an expired job is never re-created
+    folder = root / f"{time.time_ns():020d}-{uuid.uuid4().hex}"
+    if create:
+        folder.mkdir()
+    now = time.time()
+    for p in _export_folders(root)[:-_KEEP_EXPORTS]:
+        with contextlib.suppress(OSError):
+            if now - p.stat().st_mtime > keep_s:
+                shutil.rmtree(p, ignore_errors=True)
     return folder
 
 
-class StageClock:
-    """Wraps a progress callback and times the stages it reports (thread-confined, one run)."""
-
-    def __init__(self, progress: ProgressFn | None = None) -> None:
-        self._progress = progress
-        self._stage: str | None = None
-        self._since = 0.0
-        self._timings: dict[str, float] = {}
-
-    def __call__(self, stage: str, done: int, total: int) -> None:
-        now = time.perf_counter()
-        if stage != self._stage:
-            self._close(now)
-            self._stage, self._since = stage, now
-        if self._progress is not None:
-            self._progress(stage, int(done), int(total))
-
-    def _close(self, now: float) -> None:
-        if self._stage is not None:
-            self._timings[self._stage] = self._timings.get(self._stage, 0.0) + now - self._since
-
-    def finish(self) -> dict[str, float]:
-        """Close the current stage; returns seconds per stage."""
-        self._close(time.perf_counter())
-        self._stage = None
-        return {k: round(v, 4) for k, v in self._timings.items()}
+# --------------------------------------------------------------------------------------------
+# Manifests
+# --------------------------------------------------------------------------------------------
 
 
-def library_versions() -> dict[str, str | None]:
-    """Versions of Python and the libraries that shape the result (None = not installed)."""
-    out: dict[str, str | None] = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("torch", "numpy", "gradio", "pycolmap", "trimesh", "opencv-python-headless", "pillow"):
-        try:
-            out[dist] = importlib.metadata.version(dist)
-        except importlib.metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, (np.floating, np.integer)):
-        return value.item()
-    if isinstance(value, float) and not np.isfinite(value):
-        return str(value)
-    raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
-
-
-def _settings_dict(cfg: AppConfig) -> dict[str, Any]:
-    """The AppConfig as nested dicts, plus the scene graph's name (``inference.scene_graph``)."""
-    data = json.loads(json.dumps(dataclasses.asdict(cfg), default=_jsonable))
-    data["inference"]["scene_graph"] = cfg.inference.scene_graph
-    return data
-
-
-def write_settings(job: Job, cfg: AppConfig) -> Path:
-    """``settings.json``: the run's settings, written before it starts."""
+def write_settings(job: Job, cfg) -> Path:
+    """``settings.json``: the run's settings, written before it starts (atomic)."""
     path = job.dir / SETTINGS_FILE
-    write_json(path, {"engine": cfg.engine, **_settings_dict(cfg)})
+    write_json(path, {"engine": cfg.engine, **settings_dict(cfg)})
     return path
 
 
-def write_json(path: Path, data: Mapping[str, Any]) -> None:
-    """Atomic write (temp file + rename) so readers never see half a file."""
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=_jsonable) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _images_info(scene: Scene) -> list[dict[str, Any]]:
-    ofp = scene.original_from_processed
-    gps = gps_records(scene)
-    return [
-        {
-            "name": scene.names[k],
-            "processed_size": [int(scene.images[k].shape[1]), int(scene.images[k].shape[0])],
-            "original_size": [int(v) for v in scene.original_sizes[k]],
-            "original_from_processed": np.asarray(ofp[k]).tolist() if ofp is not None else None,
-            "gps": gps[k],
-        }
-        for k in range(scene.n_views)
-    ]
-
-
-def write_manifest(
-    job: Job,
-    *,
-    cfg: AppConfig,
-    engine: str,
-    status: str,
-    timings: Mapping[str, float],
-    scene: Scene | None = None,
-    error: str | None = None,
-    files: Mapping[str, Path] | None = None,
-    extra: Mapping[str, Any] | None = None,
-) -> Path:
-    """Write ``job.dir/manifest.json`` (atomic). Keys:
-
-    ``job_id``, ``created`` (UTC ISO time), ``status`` (``done``/``failed``), ``engine``,
-    ``settings`` (the AppConfig as nested dicts), ``versions`` (:func:`library_versions`),
-    ``timings_s`` (seconds per stage and ``total``), ``images`` (per view: name, processed and
-    original (W, H), processed->original 3x3, ``gps`` {lat, lon, alt} from the EXIF or null),
-    ``n_views``, ``warnings``, ``final_loss``, ``engine_info`` (the scene's diagnostics), ``files``
-    (kind -> path relative to the job), ``error`` (failed runs), plus ``extra``.
-    """
-    data: dict[str, Any] = {
-        "job_id": job.id,
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "status": status,
-        "engine": engine,
-        "settings": _settings_dict(cfg),
-        "versions": library_versions(),
-        "timings_s": dict(timings),
-    }
-    if scene is not None:
-        data.update(
-            n_views=scene.n_views,
-            images=_images_info(scene),
-            warnings=list(scene.warnings),
-            units=scene.units,
-            final_loss=scene.final_loss,
-            engine_info=scene.extra,
-            n_sparse_points=int(scene.sparse.xyz.shape[0]) if scene.sparse is not None else None,
-        )
-    if error is not None:
-        data["error"] = error
-    if files:
-        data["files"] = {k: _relative(Path(v), job.dir) for k, v in files.items()}
-    if extra:
-        data.update(extra)
-    write_json(job.manifest_path, data)
+def write_manifest(job: Job, **fields: Any) -> Path:
+    """Write ``job.dir/manifest.json`` (atomic); keyword arguments as :func:`core.manifests.manifest_data`."""
+    write_json(job.manifest_path, manifest_data(job.id, job.dir, **fields))
     return job.manifest_path
 
 
 def read_manifest(job: Job) -> dict[str, Any]:
     """The job's manifest.json as a dict ({} when absent or unreadable)."""
-    try:
-        data = json.loads(job.manifest_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
+    return read_manifest_file(job.manifest_path)
 
 
 def update_manifest(
@@ -385,7 +562,7 @@ def update_manifest(
     data = read_manifest(job)
     if files:
         merged = dict(data.get("files") or {})
-        merged.update({k: _relative(Path(v), job.dir) for k, v in files.items()})
+        merged.update({k: relative_path(Path(v), job.dir) for k, v in files.items()})
         data["files"] = merged
     if timings:
         merged_t = dict(data.get("timings_s") or {})
@@ -394,10 +571,3 @@ def update_manifest(
     data.update(updates)
     write_json(job.manifest_path, data)
     return job.manifest_path
-
-
-def _relative(path: Path, root: Path) -> str:
-    try:
-        return str(path.resolve().relative_to(root.resolve()))
-    except ValueError:
-        return str(path)

@@ -15,6 +15,7 @@ import trimesh
 from PIL import Image
 
 import main as cli
+from tests.fault_helpers import png_header
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -158,7 +159,7 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
             "none.safetensors",
         ),
         (["align", "{tmp}/none.npz", "--output", "{tmp}/o"], cli.EXIT_INPUT, "none.npz"),
-        (["align", "{tmp}/fake.png", "--output", "{tmp}/o"], cli.EXIT_FAILED, "not a readable .npz"),
+        (["align", "{tmp}/fake.png", "--output", "{tmp}/o"], cli.EXIT_INPUT, "not a readable .npz"),  # issue 12: 1 -> 3
         (["reconstruct", "--output", "{tmp}/o"], cli.EXIT_USAGE, "IMAGE"),
         (["reconstruct", "{img}", "--output", "{tmp}/o", "--device", "tpu"], cli.EXIT_USAGE, "unknown device 'tpu'"),
     ],
@@ -345,3 +346,53 @@ def test_bad_video_is_a_one_line_input_error(content, needle, tmp_path: Path, ca
     assert cli.main(["reconstruct", str(bad), "-o", str(tmp_path / "o"), "--device", "cpu"]) == cli.EXIT_INPUT
     err = capsys.readouterr().err
     assert "Traceback" not in err and _last_line(err).startswith("error: broken.mp4") and needle in _last_line(err)
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "needle"),
+    [
+        (["reconstruct", "{img}", "-o", "{tmp}/file.txt"], cli.EXIT_USAGE, "file.txt exists and is not a folder"),
+        (["reconstruct", "{img}", "-o", "/proc/no/such/place"], cli.EXIT_USAGE, "cannot be created or written"),
+        (["reconstruct", "{img}", "-o", "{tmp}/o", "--lr", "inf"], cli.EXIT_USAGE, "lr must be a finite number"),
+        # the count is checked before the network: with missing weights the exit is still 2, not 4
+        (
+            ["reconstruct", "{img}", "{img}", "{img}", "-o", "{tmp}/o", "--known-focal", "50,60", "--checkpoint", "{tmp}/none"],
+            cli.EXIT_USAGE,
+            "known_focal must hold 1 value or one per image (3), got 2",
+        ),
+        (["align", "{tmp}/other.npz", "-o", "{tmp}/o"], cli.EXIT_INPUT, "other.npz: no 'pairs' array"),
+        (["align", "{tmp}/cut.npz", "-o", "{tmp}/o"], cli.EXIT_INPUT, "cut.npz: not a readable"),
+        (["reconstruct", "{img}", "{img}", "{tmp}/tiny.png", "-o", "{tmp}/o", "--engine", "colmap"], cli.EXIT_INPUT,
+         "tiny.png: 8x8 is too small; each side needs at least 16 pixels"),
+        (["reconstruct", "{img}", "{img}", "{tmp}/tiny.png", "-o", "{tmp}/o", "--checkpoint", "{ckpt}"], cli.EXIT_INPUT,
+         "tiny.png: 8x8 is too small; each side needs at least 16 pixels"),
+        (["reconstruct", "{img}", "{img}", "{tmp}/bomb.png", "-o", "{tmp}/o", "--engine", "colmap"], cli.EXIT_INPUT,
+         "bomb.png: rejected as a possible decompression bomb"),
+        (["reconstruct", "{img}", "{img}", "{tmp}/big.png", "-o", "{tmp}/o", "--engine", "colmap"], cli.EXIT_INPUT,
+         "(possible decompression bomb)"),
+        (["reconstruct", "{img}", "-o", "{tmp}/o", "--checkpoint", "{tmp}/absurd"], cli.EXIT_WEIGHTS,
+         "absurd/config.json: enc_embed_dim must be an int in [1, 16384], got -64"),
+        (["reconstruct", "{img}", "-o", "{tmp}/o", "--checkpoint", "{tmp}/deep"], cli.EXIT_WEIGHTS,
+         "its config describes a network of at least"),
+    ],
+)  # fmt: skip
+def test_issue12_exit_codes_match_the_readme(args, code, needle, fixtures_dir: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "file.txt").write_text("x")
+    np.savez(tmp_path / "other.npz", a=np.zeros(3))
+    (tmp_path / "cut.npz").write_bytes((fixtures_dir / "tiny_linear_inference.npz").read_bytes()[:5000])
+    Image.new("RGB", (8, 8)).save(tmp_path / "tiny.png")
+    (tmp_path / "bomb.png").write_bytes(png_header(20000, 20000))  # over Pillow's own limit
+    (tmp_path / "big.png").write_bytes(png_header(13000, 13000))  # over PreprocessConfig.max_pixels
+    config = json.loads((fixtures_dir / "tiny_linear" / "config.json").read_text())
+    for name, change in (("absurd", {"enc_embed_dim": -64}), ("deep", {"enc_depth": 200})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.json").write_text(json.dumps({**config, **change}))
+        (tmp_path / name / "model.safetensors").symlink_to(fixtures_dir / "tiny_linear" / "model.safetensors")
+    subs = {"tmp": str(tmp_path), "img": str(fixtures_dir / "images" / "img0.png")}
+    subs["ckpt"] = str(fixtures_dir / "tiny_linear")
+    argv = [a.format(**subs) for a in args] + ["--device", "cpu"] * (args[0] == "reconstruct")
+    assert cli.main(argv) == code
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    last = _last_line(err)
+    assert last.startswith("error:") and needle in last, err

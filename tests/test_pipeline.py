@@ -242,7 +242,7 @@ def test_cleanup_by_age_and_size_keeps_protected_and_foreign_folders(tmp_path: P
     mid = _make_job(root, 1800, 600_000, now)
     new = _make_job(root, 60, 600_000, now)
     running = _make_job(root, 5 * 3600, 10, now)
-    (running.dir / ".running").write_text("123")
+    (running.dir / ".running").write_text(str(os.getpid()))  # a live process (a dead one: interrupted, cleaned)
     foreign = root / "my-notes"
     foreign.mkdir()
     os.utime(foreign, (now - 10 * 3600, now - 10 * 3600))

@@ -220,15 +220,26 @@ def test_thumbnails_and_bad_uploads(ui_run, images: list[str], tmp_path: Path) -
 
 
 def test_session_jobs_are_protected_until_unload(fixtures_dir: Path, images: list[str], tmp_path: Path) -> None:
+    """Issue 12 moved the end of protection from the heartbeat (``unload``) to the deletion of the
+    session's state (``release_result``, the gr.State delete_callback), and a full quota now
+    refuses new runs instead of letting them run over the limit."""
     cfg = _cfg(fixtures_dir, tmp_path / "jobs")
-    cfg = replace(cfg, jobs=replace(cfg.jobs, max_total_mb=0.001, keep_session_jobs=False))
+    cfg = replace(cfg, jobs=replace(cfg.jobs, keep_session_jobs=False))
     handlers = gradio_ui.UIHandlers(cfg, pipeline.Pipeline(cfg))
     first = handlers.reconstruct(images[:2], _request("s1"), _Progress())[0]
+    used_mb = sum(p.stat().st_size for p in first.job.dir.rglob("*") if p.is_file()) / 2**20
+    handlers.cfg = replace(cfg, jobs=replace(cfg.jobs, max_total_mb=used_mb * 1.05))  # room for nothing more
+    # the size limit is tiny, yet the live session's job survives the second run, which is refused
+    with pytest.raises(gr.Error, match="storage limit"):
+        handlers.reconstruct(images[:2], _request("s2"), _Progress())
+    assert first.job.dir.is_dir()
+    handlers.unload(_request("s1"))  # heartbeat lost: the page may reconnect, its state lives on
+    assert first.job.dir.is_dir() and handlers.sessions.protected() == {first.job.id}
+    handlers.release_result(first)  # Gradio deleted s1's state
+    assert not first.job.dir.exists()  # keep_session_jobs=False
+    handlers.cfg = cfg
     second = handlers.reconstruct(images[:2], _request("s2"), _Progress())[0]
-    # the size limit is tiny, yet both live sessions' jobs survive the cleanup run by the second job
-    assert first.job.dir.is_dir() and second.job.dir.is_dir()
-    handlers.unload(_request("s1"))
-    assert not first.job.dir.exists() and second.job.dir.is_dir()  # keep_session_jobs=False
+    assert second.job.dir.is_dir()
     assert handlers.sessions.protected() == {second.job.id}
 
 

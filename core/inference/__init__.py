@@ -4,7 +4,7 @@
   batches, per-view head cache) and the :class:`PairModel` protocol it needs.
 - :mod:`core.inference.memory`: :func:`estimate_memory` (the peak of a run, from the views' sizes
   and the pair list), :func:`check_memory` against the free memory, :func:`plan_memory` (both, and
-  the batch size that fits).
+  the batch size that fits, and :func:`check_alignment_memory`: the alignment that follows).
 
 The caller makes the pair list once (``core.inputs.pairs.make_pairs``) and passes the same list
 to both.
@@ -15,8 +15,10 @@ from core.inference.memory import (
     MemoryEstimate,
     ModelDims,
     available_memory,
+    check_alignment_memory,
     check_memory,
     check_pairs,
+    estimate_alignment_bytes,
     estimate_memory,
     plan_memory,
     resolve_batch_size,
@@ -34,6 +36,8 @@ __all__ = [
     "check_memory",
     "check_pairs",
     "plan_memory",
+    "estimate_alignment_bytes",
+    "check_alignment_memory",
     "available_memory",
     "resolve_batch_size",
     "view_cache_bytes",

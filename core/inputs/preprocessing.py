@@ -46,6 +46,7 @@ __all__ = [
     "ImageLoadError",
     "heif_available",
     "list_image_files",
+    "check_image_file",
     "load_image",
     "load_images",
     "load_views",
@@ -305,6 +306,20 @@ def _open_oriented(path: Path, cfg: PreprocessConfig, name: str) -> Image.Image:
         raise ImageLoadError(f"{name}: cannot read the file (permission denied)", filename=name) from e
     except _PIL_ERRORS as e:
         raise ImageLoadError(f"{name}: broken or truncated image file ({e})", filename=name) from e
+
+
+def check_image_file(path: str | Path, cfg: PreprocessConfig) -> tuple[int, int]:
+    """Open and fully decode one image file with exactly the checks of :func:`load_image` (missing,
+    unreadable, not an image, truncated, too small, a decompression bomb), keeping nothing.
+
+    Returns its (W, H) after EXIF orientation. Raises :class:`ImageLoadError` with the message
+    :func:`load_image` would give, so every engine rejects a bad file the same way.
+    """
+    path = Path(path)
+    img = _open_oriented(path, cfg, path.name)
+    size = (int(img.size[0]), int(img.size[1]))
+    img.close()
+    return size
 
 
 def load_image(path: str | Path, cfg: PreprocessConfig, *, idx: int = 0, name: str | None = None) -> InputImage:
