@@ -187,7 +187,9 @@ class VideoPreviews:
         self.root.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(prefix="preview-", dir=self.root) as tmp:
             frames = sample_video(path, tmp, options)
-            thumbs = tuple((_thumbnail(f.path), f.path.name) for f in frames.frames)
+            thumbs = tuple(
+                (_thumbnail(f.path, frames.info.width * frames.info.height), f.path.name) for f in frames.frames
+            )
         preview = _VideoPreview(thumbs, (frames.info.width, frames.info.height), frames.summary(), frames.warnings)
         with self._lock:
             self._cache[key] = preview
