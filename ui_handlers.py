@@ -50,6 +50,7 @@ __all__ = [
     "display_config",
     "settings_to_config",
     "setting_widget",
+    "public_message",
     "status_text",
 ]
 
@@ -235,7 +236,7 @@ def _thumbnail(path: Path, max_pixels: int) -> np.ndarray:
 
 
 #: An absolute path in a message (``/srv/app/outputs/2026.../inputs/a.jpg``): users see only its last part.
-_ABS_PATH_RE = re.compile(r"(?<![\w.:])/(?:[^/\s'\"]+/)+([^/\s'\"]*)")
+_ABS_PATH_RE = re.compile(r"(?<![\w.:/])/(?:[^/\s'\"]+/)+([^/\s'\"]*)")
 
 
 def public_message(text: str) -> str:
@@ -243,6 +244,8 @@ def public_message(text: str) -> str:
 
     >>> public_message("fake.png: cannot identify image file '/tmp/gradio/1a2b/fake.png'")
     "fake.png: cannot identify image file 'fake.png'"
+    >>> public_message("see https://huggingface.co/naver/x")
+    'see https://huggingface.co/naver/x'
     """
     return _ABS_PATH_RE.sub(lambda m: m.group(1) or "the server's folder", " ".join(text.split()))
 

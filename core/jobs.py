@@ -221,6 +221,8 @@ def _set_aside_previous(folder: Path, keep: set[Path]) -> None:
     set-aside that a kill interrupted."""
     previous = folder / _PREVIOUS_DIR
     pending = previous / f"{MANIFEST_FILE}.pending"
+    if (folder / _RUNNING_FILE).exists() and _is_live(folder / _RUNNING_FILE):
+        raise SettingsError(f"output {folder} is in use: another run is writing into it")
     data = read_manifest_file(folder / MANIFEST_FILE)
     resume = pending.is_file()
     ours = bool(data.get("job_id")) or (folder / _RUNNING_FILE).exists() or resume
@@ -234,7 +236,7 @@ def _set_aside_previous(folder: Path, keep: set[Path]) -> None:
             previous.mkdir()
             os.replace(folder / MANIFEST_FILE, pending)
         for p in entries:
-            if p.name != MANIFEST_FILE or not resume:
+            if p.name != MANIFEST_FILE:  # already moved (pending)
                 _move_replacing(p, previous / p.name)
         os.replace(pending, previous / MANIFEST_FILE)
         logger.info("moved the earlier result in %s aside into %s", folder, previous)
