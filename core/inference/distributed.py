@@ -195,8 +195,15 @@ class _PairActor:
         }
 
     def counts(self) -> dict[str, Any]:
-        """Views encoded and pairs decoded by this incarnation of the actor (ids), and its pid."""
-        return {"pid": os.getpid(), "encoded": list(self.encoded), "decoded": list(self.decoded)}
+        """Views encoded and pairs decoded by this incarnation of the actor (ids), its pid and peak
+        resident memory (MB, Linux)."""
+        try:
+            import resource
+
+            peak_mb: float | None = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        except ImportError:  # not on this platform
+            peak_mb = None
+        return {"pid": os.getpid(), "encoded": list(self.encoded), "decoded": list(self.decoded), "peak_mb": peak_mb}
 
     def encode(self, spec: _RunSpec, views: list[int], images: list[torch.Tensor]) -> Any:
         """One encoder batch -> per view (tokens (N, E), positions (N, 2)) as CPU tensors (one
@@ -242,7 +249,7 @@ def _unwrap(e: BaseException, max_restarts: int) -> BaseException:
     """A Ray error -> what the caller should see: the network's own UserError, an out-of-memory
     error with advice, or a ReconstructionError for a worker that could not be kept alive."""
     cause = getattr(e, "cause", None) if HAS_RAY and isinstance(e, RayTaskError) else None
-    if isinstance(cause, UserError):
+    if isinstance(cause, (UserError, ValueError, TypeError)):  # the caller's own mistake, as itself
         return cause
     if isinstance(cause, torch.OutOfMemoryError):
         return InsufficientMemoryError(f"a Ray worker ran out of GPU memory: {cause}")
@@ -291,7 +298,11 @@ class RayPairPool:
         )
         self.actors = [actor_cls.remote(load_model, model_cfg, device, threads) for _ in range(n)]
         self._wait_placed(options, start_timeout_s)
-        self.infos = self.get([a.info.remote(precision) for a in self.actors])  # loads the network
+        try:
+            self.infos = self.get([a.info.remote(precision) for a in self.actors])  # loads the network
+        except BaseException:
+            self.close()
+            raise
         logger.info("Ray pool: %d worker(s) on %s (%d node(s))", n, device, len({info["node"] for info in self.infos}))
 
     def _wait_placed(self, options: dict[str, Any], timeout: float) -> None:

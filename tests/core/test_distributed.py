@@ -21,7 +21,7 @@ ray = pytest.importorskip("ray")
 
 import model as M  # noqa: E402
 from config import InferenceConfig, ModelConfig  # noqa: E402
-from core.errors import Cancelled  # noqa: E402
+from core.errors import Cancelled, CheckpointError  # noqa: E402
 from core.inference import run_inference  # noqa: E402
 from core.inference.distributed import RayPairPool, connect  # noqa: E402
 from core.inputs.pairs import make_pairs  # noqa: E402
@@ -188,3 +188,9 @@ def test_dust3r_engine_uses_the_ray_workers(cluster, fixtures_dir, tmp_path) -> 
         engine.close()
     assert scene.n_views == 3 and scene.extra["inference"] == "ray: 1 worker(s) on cpu"
     assert scene.extra["n_pairs"] == 6 and "pairs" in stages and "align" in stages
+
+
+def test_a_bad_checkpoint_is_reported_as_itself(cluster, tmp_path) -> None:
+    cfg = ModelConfig(checkpoint=str(tmp_path / "missing.safetensors"), device="cpu")
+    with pytest.raises(CheckpointError, match="missing.safetensors"):
+        RayPairPool(M.get_model, cfg, workers=1)
