@@ -208,6 +208,18 @@ class InferenceConfig(Validated):
     descriptors: bool = False
     """MASt3R checkpoints only: also predict the per-pixel descriptors (``desc``, ``desc_conf``),
     which the alignment does not need (their MLP costs ~90 GFLOP per view and pair at 512x384)."""
+    pair_storage: Literal["auto", "memory", "fp16", "disk"] = "auto"
+    """Where pair predictions wait for the alignment: memory (float32, exact), fp16 (half the RAM, ~3
+    significant digits), disk (float32 memory-mapped files in the job folder, exact, little RAM); auto =
+    memory while they take under a quarter of the free RAM, else disk (fp16 without a job folder)."""
+    workers: int = num(0, 0)
+    """Ray workers for pair inference, each holding the network once (one per GPU, or CPU workers);
+    0 = in this process (or one per GPU of the cluster given by ray_address). Needs requirements-ray.txt."""
+    ray_address: str = ""
+    """Address of an existing Ray cluster for pair inference (e.g. auto, or ray://head:10001); empty =
+    a local Ray started by this process when workers > 0."""
+    ray_max_restarts: int = num(3, 0)
+    """Ray workers that die are restarted (their pairs retried) up to this many times each."""
 
     @property
     def scene_graph(self) -> str:
@@ -504,6 +516,8 @@ _FOCALS = (parse_focals, lambda v: ",".join(f"{f:g}" for f in v or ()))
 _TABLE: tuple[tuple, ...] = (
     ("checkpoint", "model.checkpoint", "model"),
     ("device", "model.device", "model"),
+    ("workers", "inference.workers", "model"),
+    ("ray_address", "inference.ray_address", "model"),
     ("image_size", "preprocess.image_size", "model"),
     ("engine", "engine", "input"),
     ("enhance", "preprocess.enhance", "input"),
@@ -523,6 +537,7 @@ _TABLE: tuple[tuple, ...] = (
     ("max_frames", "video.max_frames", "input"),
     ("sharpest", "video.sharpest", "input"),
     ("skip_static", "video.skip_static", "input"),
+    ("pair_storage", "inference.pair_storage", "input"),
     ("niter", "alignment.niter", "align"),
     ("schedule", "alignment.schedule", "align"),
     ("lr", "alignment.lr", "align"),

@@ -12,7 +12,8 @@ Conventions used everywhere in this project:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -94,7 +95,9 @@ class PairPredictions:
     """Network output for every pair of a scene graph (what global alignment consumes).
 
     Per pair p = (i, j) (view-1 index, view-2 index), both point maps are in view i's camera
-    frame. Tensors are float32 on the CPU.
+    frame. Tensors are on the CPU, float32, or float16 when inference stored them compactly
+    (``InferenceConfig.pair_storage`` fp16; consumers cast with ``.float()``); with ``disk`` they
+    are float32 views of memory-mapped files (:mod:`core.inference.storage`).
     """
 
     pairs: torch.Tensor
@@ -164,6 +167,12 @@ class PairPredictions:
         if any(d is not None for d in descs) and {-1 if d is None else len(d) for d in descs} != {p}:
             raise ValueError(f"desc_1, desc_conf_1, desc_2, desc_conf_2 must all be None or hold {p} tensors each")
 
+    def nbytes(self) -> int:
+        """Bytes of the per-pair outputs (points, confidences, descriptors) as stored."""
+        fields = (self.pts3d_1, self.conf_1, self.pts3d_2, self.conf_2)
+        fields += tuple(f for f in (self.desc_1, self.desc_conf_1, self.desc_2, self.desc_conf_2) if f is not None)
+        return sum(t.numel() * t.element_size() for ts in fields for t in ts)
+
     def view_info(self) -> dict:
         """The views' ``names`` (when known), ``original_sizes`` and ``original_from_processed``, as
         :class:`Scene` fields: ``dataclasses.replace(scene, **preds.view_info())``."""
@@ -199,16 +208,20 @@ class PairPredictions:
                 arrays[f"original_from_processed_{k}"] = self.original_from_processed[k]
         if self.metric:  # absent = not metric, so DUSt3R files keep the reference's exact key set
             arrays["metric"] = np.array(True)
+        _write_npz(Path(path), [*arrays.items(), *self._pair_arrays()])
+
+    def _pair_arrays(self) -> Iterator[tuple[str, np.ndarray]]:
+        """(key, float32 array) per pair output, made one at a time (float16 or memory-mapped
+        outputs are converted or read just before they are written)."""
         for p in range(len(self.pts3d_1)):
-            arrays[f"pair{p}_pred1_pts3d"] = self.pts3d_1[p].numpy()
-            arrays[f"pair{p}_pred1_conf"] = self.conf_1[p].numpy()
-            arrays[f"pair{p}_pred2_pts3d_in_other_view"] = self.pts3d_2[p].numpy()
-            arrays[f"pair{p}_pred2_conf"] = self.conf_2[p].numpy()
+            yield f"pair{p}_pred1_pts3d", self.pts3d_1[p].float().numpy()
+            yield f"pair{p}_pred1_conf", self.conf_1[p].float().numpy()
+            yield f"pair{p}_pred2_pts3d_in_other_view", self.pts3d_2[p].float().numpy()
+            yield f"pair{p}_pred2_conf", self.conf_2[p].float().numpy()
         if self.has_descriptors:
             for key, field_name in _DESC_KEYS.items():
                 for p, t in enumerate(getattr(self, field_name)):
-                    arrays[f"pair{p}_{key}"] = t.numpy()
-        np.savez(Path(path), **arrays)
+                    yield f"pair{p}_{key}", t.float().numpy()
 
     @classmethod
     def load_npz(cls, path: str | Path) -> PairPredictions:
@@ -280,6 +293,17 @@ class PairPredictions:
             **descriptors,
             metric=metric,
         )
+
+
+def _write_npz(path: Path, items: Iterable[tuple[str, np.ndarray]]) -> None:
+    """``np.savez`` (same file: uncompressed zip of ``.npy`` members, ``.npz`` appended when missing)
+    from an iterable, so only one array needs to exist at a time."""
+    if path.suffix != ".npz":
+        path = path.with_name(path.name + ".npz")
+    with zipfile.ZipFile(path, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, array in items:
+            with zf.open(key + ".npy", mode="w", force_zip64=True) as f:
+                np.lib.format.write_array(f, np.asanyarray(array), allow_pickle=False)
 
 
 #: npz key suffix -> PairPredictions field, for the optional MASt3R descriptors.

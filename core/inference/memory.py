@@ -29,6 +29,7 @@ import torch
 
 from config import InferenceConfig
 from core.errors import InsufficientMemoryError
+from core.inference.storage import bytes_per_value
 
 try:  # optional: only used to read the available RAM when installed
     import psutil  # type: ignore[import-not-found]
@@ -166,7 +167,11 @@ class MemoryEstimate:
     bytes_outputs: int
     """All pair outputs (float32, on the host)."""
     bytes_host: int
-    """Host RAM for the outputs when the device is not the CPU (0 on CPU: in ``bytes_peak``)."""
+    """Host RAM for the outputs when the device is not the CPU (0 on CPU: in ``bytes_peak``; 0 on disk)."""
+    storage: str = "memory"
+    """Where the outputs wait for the alignment (:mod:`core.inference.storage`): memory, fp16 or disk."""
+    bytes_disk: int = 0
+    """Disk the outputs take (``storage`` disk: memory-mapped files in the job folder), else 0."""
 
     @property
     def gb_peak(self) -> float:
@@ -179,7 +184,8 @@ class MemoryEstimate:
             f"view cache {self.bytes_view_cache / _GB:.2f}, "
             f"batch of {self.batch_size} {self.bytes_batch / _GB:.2f}, outputs {self.bytes_outputs / _GB:.2f}"
         )
-        return f"{self.gb_peak:.2f} GB peak on {self.device} for {self.pairs} pairs ({parts} GB)"
+        stored = "" if self.storage == "memory" else f"; outputs stored as {self.storage}"
+        return f"{self.gb_peak:.2f} GB peak on {self.device} for {self.pairs} pairs ({parts} GB{stored})"
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,6 +295,7 @@ def estimate_memory(
     batch_size: int = 1,
     view_cache_bytes: int = 0,
     sources: Sequence[int] | None = None,
+    storage: str = "memory",
 ) -> MemoryEstimate:
     """Predict the peak memory of running ``pairs``, without allocating anything.
 
@@ -297,7 +304,9 @@ def estimate_memory(
     autocast_dtype: None (fp32) or bf16/fp16; batch_size: pairs (and images) processed together,
     as in :func:`core.inference.run_inference`; view_cache_bytes: the cap on the per-view head
     features (``cfg.view_cache_gb``); sources: per view, the view whose encoding it reuses (k
-    itself when none; a single image's copy reuses the image's), default every view encoded.
+    itself when none; a single image's copy reuses the image's), default every view encoded;
+    storage: where the outputs wait (:mod:`core.inference.storage`): ``memory`` (float32 in RAM),
+    ``fp16`` (half of that) or ``disk`` (memory-mapped files: no RAM counted, ``bytes_disk``).
 
     Formula (bytes). a = 2 under 16-bit autocast else 4, f = 4; per view T = HW / patch^2 tokens;
     E, D, L, He, Hd, r = encoder/decoder widths, decoder depth, heads, mlp ratio; pairs are grouped
@@ -317,9 +326,10 @@ def estimate_memory(
       + b*HW*f*k with k = max(F/2 + last, 2*last) + F/4 + 16 for DPT (F, last = DPT widths; the
       full-resolution convolutions dominate: 336 floats per pixel for the official head) or
       k = 28 for the linear head, batch outputs = b*(HW1 + HW2)*4*f;
-    - outputs = sum over pairs of (HW_i + HW_j)*4*f (pts3d + conf, float32, kept on the host);
-    - peak = W + tokens + view cache + max(encoder batches, decoder batches) (+ outputs on the CPU;
-      on CUDA they are ``bytes_host``).
+    - outputs = sum over pairs of (HW_i + HW_j)*4*s (pts3d + conf on the host, s = 4 bytes for
+      memory and disk, 2 for fp16);
+    - peak = W + tokens + view cache + max(encoder batches, decoder batches) (+ outputs on the CPU
+      unless on disk; on CUDA they are ``bytes_host``, 0 on disk).
 
     Calibration: see the module docstring.
     """
@@ -343,19 +353,23 @@ def estimate_memory(
         view_cache = min(view_cache_bytes, 2 * dims.dpt_feature_dim * quarter_pixels * f)
     encoder = max(_encoder_batch_bytes(min(batch_size, c), s, dims, a) for s, c in view_groups.items())
     decoder = max(_decoder_batch_bytes(min(batch_size, c), s1, s2, dims, a) for (s1, s2), c in pair_groups.items())
-    batch, outputs, on_cpu = max(encoder, decoder), out_pixels * 4 * f, device.type == "cpu"
+    batch, on_cpu = max(encoder, decoder), device.type == "cpu"
+    outputs = out_pixels * 4 * bytes_per_value(storage)
+    in_ram = 0 if storage == "disk" else outputs
     return MemoryEstimate(
         pairs=len(pairs),
         n_views=len(hw),
         batch_size=batch_size,
         device=str(device),
-        bytes_peak=int(dims.weight_bytes + tokens + view_cache + batch + (outputs if on_cpu else 0)),
+        bytes_peak=int(dims.weight_bytes + tokens + view_cache + batch + (in_ram if on_cpu else 0)),
         bytes_weights=int(dims.weight_bytes),
         bytes_tokens=int(tokens),
         bytes_view_cache=int(view_cache),
         bytes_batch=int(batch),
         bytes_outputs=int(outputs),
-        bytes_host=0 if on_cpu else int(outputs),
+        bytes_host=0 if on_cpu else int(in_ram),
+        storage=storage,
+        bytes_disk=int(outputs) if storage == "disk" else 0,
     )
 
 
@@ -492,6 +506,7 @@ def plan_memory(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     sources: Sequence[int] | None = None,
+    storage: str = "memory",
 ) -> MemoryEstimate:
     """Estimate ``pairs`` on views of sizes ``image_hw`` and check it fits; halve the batch
     (``cfg.batch_size``, 0 = auto) while it does not. Raises InsufficientMemoryError when one pair
@@ -508,6 +523,7 @@ def plan_memory(
             batch_size=batch,
             view_cache_bytes=view_cache_bytes(cfg),
             sources=sources,
+            storage=storage,
         )
         try:
             check_memory(est, cfg.scene_graph, memory_fraction=cfg.memory_fraction)

@@ -16,6 +16,10 @@ far faster than the reference's one-pair-at-a-time loop:
    the view's own encoder tokens (``model.head_view_features``: about a sixth of the head's
    work) is computed once per view and head and reused by every pair the view is in, within
    ``cfg.view_cache_gb`` (least recently used out first).
+   The outputs go into a :class:`core.inference.storage.PairStore` as they arrive: float32 in RAM,
+   float16 in RAM, or float32 memory-mapped files in the job folder (``cfg.pair_storage``; ``auto``
+   picks by size), and the memory estimate counts them as stored. The batches and their maths are
+   :mod:`core.inference.worker`'s, shared with the Ray path (:mod:`core.inference.distributed`).
 3. **Precision.** The caller picks the autocast dtype (``model.select_autocast_dtype(device,
    cfg.precision)``: bf16/fp16 on CUDA, bf16 on CPUs with native bf16, None = plain float32) and
    passes it in; this module never imports ``model.py``. Encoder and decoder run under autocast,
@@ -37,74 +41,46 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import OrderedDict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from config import InferenceConfig
 from core.errors import InsufficientMemoryError
-from core.inference.memory import ModelDims, check_pairs, memory_advice, plan_memory, view_cache_bytes
+from core.inference.memory import (
+    ModelDims,
+    available_memory,
+    check_pairs,
+    memory_advice,
+    plan_memory,
+    view_cache_bytes,
+)
+from core.inference.storage import PairStore, StorageKind, check_disk, output_bytes, resolve_storage
+from core.inference.worker import (
+    PairModel,
+    PairWorker,
+    Tokens,
+    ViewFeatureCache,
+    decode_chunks,
+    distinct_sources,
+    encode_chunks,
+)
 from core.inputs.pairs import make_pairs
 from core.types import InputImage, PairPredictions, ProgressFn
 
-__all__ = ["PairModel", "run_inference"]
+__all__ = ["PairModel", "run_inference", "choose_storage", "assemble_predictions"]
 
 logger = logging.getLogger(__name__)
 
 _GB = 1024**3
 
-Shape = tuple[int, int]
-
-
-class PairModel(Protocol):
-    """What :func:`run_inference` needs from the network (``model.DUSt3R`` satisfies it).
-
-    ``config`` (a mapping with the constructor keys) and ``parameters()`` feed the memory
-    estimate (:meth:`core.inference.memory.ModelDims.from_model`).
-    """
-
-    def encode(self, img: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """img (B, 3, H, W) -> tokens (B, N, enc_dim) after enc_norm, positions (B, N, 2) int64."""
-        ...
-
-    def decode(
-        self, f1: torch.Tensor, pos1: torch.Tensor, f2: torch.Tensor, pos2: torch.Tensor
-    ) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """B pairs of cached tokens -> per view [encoder tokens, decoder layer 1..L]."""
-        ...
-
-    def head_view_features(self, which: int, enc_tokens: torch.Tensor, true_shape: Shape) -> torch.Tensor | None:
-        """Encoder tokens (B, N, enc_dim) -> the part of head ``which`` that depends on them alone
-        (any shape, float32), or None when there is no such part."""
-        ...
-
-    def head(
-        self,
-        which: int,
-        tokens: list[torch.Tensor],
-        true_shape: Shape,
-        view_features: torch.Tensor | None = None,
-    ) -> dict[str, torch.Tensor]:
-        """-> {"pts3d": (B, H, W, 3), "conf": (B, H, W)} float32 (autocast off inside);
-        view_features: :meth:`head_view_features` of ``tokens[0]`` (B, ...) when known."""
-        ...
-
-    def parameters(self) -> Iterator[torch.nn.Parameter]: ...
-
 
 # --------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return torch.autocast(device_type=device.type, enabled=False)
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def _validate_images(images: Sequence[InputImage], patch: int) -> None:
@@ -127,36 +103,6 @@ def _validate_images(images: Sequence[InputImage], patch: int) -> None:
             raise TypeError(f"images[{k}] ({im.name}): tensor must be float in [-1, 1], got {t.dtype}")
 
 
-def _distinct_sources(tensors: Sequence[torch.Tensor]) -> list[int]:
-    """For each view, the index of the first view with an identical tensor (itself if none)."""
-    seen: dict[tuple, list[int]] = {}
-    source = []
-    for k, t in enumerate(tensors):
-        key = (tuple(t.shape), float(t.float().sum()), float(t.float().abs().sum()))
-        match = next((j for j in seen.get(key, []) if tensors[j] is t or torch.equal(tensors[j], t)), None)
-        if match is None:
-            seen.setdefault(key, []).append(k)
-            match = k
-        source.append(match)
-    return source
-
-
-def _to_host(res: Mapping[str, torch.Tensor]) -> dict[str, list[torch.Tensor]]:
-    """Head output {"pts3d": (B, H, W, 3), "conf": (B, H, W), ...} -> per-sample CPU float32 tensors.
-
-    The copies are made outside inference mode so they are ordinary tensors: global alignment
-    can use them in autograd graphs (inference tensors cannot be saved for backward).
-    """
-    host = {k: v.float().cpu() for k, v in res.items()}
-    with torch.inference_mode(False):
-        return {k: [x.clone(memory_format=torch.contiguous_format) for x in v.unbind(0)] for k, v in host.items()}
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
-
-
 def _shared_tensors(views: Sequence[InputImage]) -> list[int]:
     """For each view, the first view holding the very same tensor object (itself if none): what the
     memory estimate counts as one encoding (a single image's copy), without reading any pixel."""
@@ -173,6 +119,7 @@ def run_inference(
     device: torch.device,
     autocast_dtype: torch.dtype | None,
     progress: ProgressFn | None = None,
+    storage_dir: Path | None = None,
 ) -> PairPredictions:
     """Network predictions for every pair of ``pairs`` (in that order).
 
@@ -180,16 +127,19 @@ def run_inference(
     images: the N >= 2 views to run (``core.inputs.preprocessing.load_views``: a single image
     arrives with its copy), ``tensor`` (1, 3, H, W) float32 in [-1, 1]; shapes may differ.
     cfg: batch size (pairs decoded together; also images encoded together), memory fraction,
-    view-cache size, and the scene graph named in advice (``cfg.precision`` is resolved by the
-    caller into ``autocast_dtype``).
+    view-cache size, pair storage, and the scene graph named in advice (``cfg.precision`` is
+    resolved by the caller into ``autocast_dtype``).
     pairs: P (view-1 index, view-2 index), made once by the caller with
     ``make_pairs(len(images), cfg.scene_graph)``; the same list sizes the memory estimate.
     None makes exactly that list here.
     autocast_dtype: None for float32, or torch.bfloat16 / torch.float16 for the encoder and decoder.
+    storage_dir: where ``cfg.pair_storage`` ``disk`` (or ``auto`` on a large job) maps its files
+    (the job folder); None = RAM only.
 
-    Returns PairPredictions (CPU float32): ``pairs`` (P, 2) int64; per pair pts3d_1 (H_i, W_i, 3)
-    and pts3d_2 (H_j, W_j, 3) in view i's camera frame, conf_1, conf_2 (>= 1); per view the input
-    image, name, original size and processed->original map.
+    Returns PairPredictions on the CPU, float32 (float16 with ``pair_storage`` fp16; memory-mapped
+    with disk): ``pairs`` (P, 2) int64; per pair pts3d_1 (H_i, W_i, 3) and pts3d_2 (H_j, W_j, 3) in
+    view i's camera frame, conf_1, conf_2 (>= 1); per view the input image, name, original size
+    and processed->original map.
 
     Raises ValueError/TypeError for bad input, InsufficientMemoryError when the job cannot fit
     (before running) or CUDA runs out of memory (during the run).
@@ -204,8 +154,16 @@ def run_inference(
     views = list(images)
     pairs = make_pairs(len(views), cfg.scene_graph) if pairs is None else check_pairs(pairs, len(views))
     hw = [im.true_shape for im in views]
+    storage = choose_storage(cfg, hw, pairs, storage_dir)
     est = plan_memory(
-        hw, pairs, cfg, dims, device=device, autocast_dtype=autocast_dtype, sources=_shared_tensors(views)
+        hw,
+        pairs,
+        cfg,
+        dims,
+        device=device,
+        autocast_dtype=autocast_dtype,
+        sources=_shared_tensors(views),
+        storage=storage,
     )
     logger.info(
         "inference: %d views, %d pairs, batch %d, %s, autocast %s; estimate %s",
@@ -216,9 +174,11 @@ def run_inference(
         autocast_dtype,
         est.describe(),
     )
-    runner = _Runner(model, device, autocast_dtype, est.batch_size, progress or _no_progress, cfg.descriptors)
+    worker = PairWorker(model, device, autocast_dtype, cfg.descriptors)
+    store = PairStore(hw, pairs, storage, folder=storage_dir)
+    runner = _Runner(worker, est.batch_size, progress or _no_progress)
     try:
-        return runner.run(views, pairs, view_cache_bytes(cfg))
+        runner.run(views, pairs, store, view_cache_bytes(cfg))
     except torch.OutOfMemoryError as e:
         if device.type == "cuda":
             torch.cuda.empty_cache()
@@ -226,6 +186,37 @@ def run_inference(
             f"out of memory on {device} while running {len(pairs)} pairs (estimate was {est.describe()}): "
             f"{memory_advice(est, cfg.scene_graph)}; or lower the batch size (now {est.batch_size})."
         ) from e
+    return assemble_predictions(views, pairs, store, metric=bool(getattr(model, "metric", False)))
+
+
+def choose_storage(
+    cfg: InferenceConfig, hw: Sequence[tuple[int, int]], pairs: Sequence[tuple[int, int]], folder: Path | None
+) -> StorageKind:
+    """``cfg.pair_storage`` resolved for this job (:func:`core.inference.storage.resolve_storage`
+    against the free RAM); for ``disk``, the free space of ``folder`` is checked too."""
+    fp32 = output_bytes(hw, pairs, "memory")
+    storage = resolve_storage(cfg.pair_storage, fp32, folder=folder, available=available_memory("cpu"))
+    if storage == "disk" and folder is not None:
+        check_disk(output_bytes(hw, pairs, "disk"), Path(folder))
+    return storage
+
+
+def assemble_predictions(
+    views: Sequence[InputImage], pairs: Sequence[tuple[int, int]], store: PairStore, *, metric: bool = False
+) -> PairPredictions:
+    """The filled ``store`` of a run on ``views`` -> PairPredictions with the views' info; ``metric``:
+    the network predicts metres (MASt3R)."""
+    with torch.inference_mode(False):
+        return PairPredictions(
+            pairs=torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2),
+            true_shapes=tuple(im.true_shape for im in views),
+            images=tuple(im.tensor.detach().float().cpu() for im in views),
+            names=tuple(im.name for im in views),
+            original_sizes=tuple(im.original_size for im in views),
+            original_from_processed=np.stack([im.original_from_processed() for im in views]),
+            **store.fields(),
+            metric=metric,
+        )
 
 
 def _no_progress(stage: str, done: int, total: int) -> None:
@@ -237,83 +228,23 @@ def _no_progress(stage: str, done: int, total: int) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-class _ViewFeatureCache:
-    """Per-view head features (``model.head_view_features``) keyed by (head, view), least
-    recently used out first, at most ``max_bytes`` of them (0: nothing is cached and
-    :meth:`get` returns None, so the heads compute the part themselves)."""
-
-    def __init__(self, model: PairModel, tokens: Mapping[int, torch.Tensor], max_bytes: int) -> None:
-        self.model = model
-        self.tokens = tokens  # view -> encoder tokens (N, E)
-        self.max_bytes = max_bytes
-        self.entries: OrderedDict[tuple[int, int], torch.Tensor] = OrderedDict()
-        self.bytes = 0
-        self.computed = 0
-        self.reused = 0
-        self.no_features: set[int] = set()  # heads with no per-view part
-
-    def get(self, which: int, views: Sequence[int], shape: Shape) -> torch.Tensor | None:
-        """Features of head ``which`` for ``views`` (one per pair of the batch, repeats allowed;
-        all of size ``shape``) stacked (B, ...), the missing ones computed in one batch."""
-        if self.max_bytes <= 0 or which in self.no_features:
-            return None
-        missing = [k for k in dict.fromkeys(views) if (which, k) not in self.entries]
-        fresh: dict[int, torch.Tensor] = {}
-        if missing:
-            feats = self.model.head_view_features(which, torch.stack([self.tokens[k] for k in missing]), shape)
-            if feats is None:
-                self.no_features.add(which)
-                return None
-            fresh = {k: f.clone() for k, f in zip(missing, feats.unbind(0), strict=True)}
-            self.computed += len(fresh)
-        batch = torch.stack([fresh[k] if k in fresh else self.entries[(which, k)] for k in views])
-        self.reused += len(views) - len(fresh)
-        for k in dict.fromkeys(views):
-            if k in fresh:
-                self._put((which, k), fresh[k])
-            else:
-                self.entries.move_to_end((which, k))
-        return batch
-
-    def _put(self, key: tuple[int, int], value: torch.Tensor) -> None:
-        size = value.numel() * value.element_size()
-        if size > self.max_bytes:
-            return
-        while self.bytes + size > self.max_bytes:
-            _, old = self.entries.popitem(last=False)
-            self.bytes -= old.numel() * old.element_size()
-        self.entries[key] = value
-        self.bytes += size
-
-    def describe(self) -> str:
-        return f"{self.computed} computed, {self.reused} reused, {self.bytes / _GB:.2f} GB"
-
-
-Tokens = dict[int, tuple[torch.Tensor, torch.Tensor]]
-
-
 @dataclass(frozen=True)
 class _Runner:
-    """One run's fixed settings; :meth:`run` encodes the views, then decodes the pairs."""
+    """One run in this process: :meth:`run` encodes the views, then decodes the pairs."""
 
-    model: PairModel
-    device: torch.device
-    autocast_dtype: torch.dtype | None
+    worker: PairWorker
     batch_size: int
     report: ProgressFn
-    descriptors: bool = False
-    """Also run MASt3R's local-feature MLP (``desc``, ``desc_conf``); the alignment does not need it."""
 
     @torch.inference_mode()
-    def run(self, views: list[InputImage], pairs: list[tuple[int, int]], cache_bytes: int) -> PairPredictions:
-        """views: N views; pairs: P validated (i, j). Returns the CPU float32 predictions."""
-        tensors = [im.tensor for im in views]
-        source = _distinct_sources(tensors)
+    def run(self, views: list[InputImage], pairs: list[tuple[int, int]], store: PairStore, cache_bytes: int) -> None:
+        """views: N views; pairs: P validated (i, j). Fills ``store`` with every pair's outputs."""
+        source = distinct_sources([im.tensor for im in views])
         t0 = time.perf_counter()
         tokens = self.encode(views, source)
         t1 = time.perf_counter()
-        view_features = _ViewFeatureCache(self.model, {k: tok for k, (tok, _) in tokens.items()}, cache_bytes)
-        out = self.decode(views, pairs, source, tokens, view_features)
+        view_features = ViewFeatureCache(self.worker.model, {k: tok for k, (tok, _) in tokens.items()}, cache_bytes)
+        self.decode(views, pairs, source, tokens, view_features, store)
         t2 = time.perf_counter()
         logger.info(
             "encoded %d distinct images in %.2f s; %d pairs decoded in %.2f s (%.3f s/pair); view cache: %s",
@@ -324,41 +255,19 @@ class _Runner:
             (t2 - t1) / max(len(pairs), 1),
             view_features.describe(),
         )
-        return PairPredictions(
-            pairs=torch.tensor(pairs, dtype=torch.int64).reshape(-1, 2),
-            pts3d_1=tuple(out["p1"]),
-            conf_1=tuple(out["c1"]),
-            pts3d_2=tuple(out["p2"]),
-            conf_2=tuple(out["c2"]),
-            true_shapes=tuple(im.true_shape for im in views),
-            images=tuple(t.detach().float().cpu() for t in tensors),
-            names=tuple(im.name for im in views),
-            original_sizes=tuple(im.original_size for im in views),
-            original_from_processed=np.stack([im.original_from_processed() for im in views]),
-            **({f: tuple(out[k]) for k, f in _DESC_FIELDS.items()} if self.descriptors else {}),
-            metric=bool(getattr(self.model, "metric", False)),
-        )
 
     def encode(self, views: list[InputImage], source: list[int]) -> Tokens:
-        """Each distinct view (``source[k] == k``) encoded once, batched by shape.
-
-        Returns view -> (tokens (N, E), positions (N, 2)) on the device."""
+        """Each distinct view (``source[k] == k``) encoded once, batched by shape
+        (:func:`~core.inference.worker.encode_chunks`). Returns view -> (tokens (N, E), positions (N, 2))."""
         n = len(views)
         self.report("encode", 0, n)
-        by_shape: dict[Shape, list[int]] = {}
-        for k in sorted(set(source)):
-            by_shape.setdefault(views[k].true_shape, []).append(k)
         tokens: Tokens = {}
         ready = 0
-        for group in by_shape.values():
-            for chunk in _chunks(group, self.batch_size):
-                batch = torch.cat([views[k].tensor for k in chunk]).to(device=self.device, dtype=torch.float32)
-                with _autocast(self.device, self.autocast_dtype):
-                    tok, pos = self.model.encode(batch)  # (b, N, E), (b, N, 2)
-                for b, k in enumerate(chunk):
-                    tokens[k] = (tok[b], pos[b])
-                ready += sum(1 for s in source if s in chunk)
-                self.report("encode", ready, n)
+        for chunk in encode_chunks([im.true_shape for im in views], source, self.batch_size):
+            for k, tok in zip(chunk, self.worker.encode([views[k].tensor for k in chunk]), strict=True):
+                tokens[k] = tok
+            ready += sum(1 for s in source if s in chunk)
+            self.report("encode", ready, n)
         return tokens
 
     def decode(
@@ -367,58 +276,22 @@ class _Runner:
         pairs: list[tuple[int, int]],
         source: list[int],
         tokens: Tokens,
-        view_features: _ViewFeatureCache,
-    ) -> dict[str, list[torch.Tensor]]:
-        """Decoder + both heads per (shape1, shape2) group, ``batch_size`` pairs at a time.
-
-        Returns {"p1", "c1", "p2", "c2"} (+ "d1", "dc1", "d2", "dc2" with descriptors): P CPU float32
-        tensors each, in pair order."""
+        view_features: ViewFeatureCache,
+        store: PairStore,
+    ) -> None:
+        """Decoder + both heads per (shape1, shape2) group, ``batch_size`` pairs at a time
+        (:func:`~core.inference.worker.decode_chunks`), each batch's outputs into ``store``."""
         n_pairs = len(pairs)
         self.report("pairs", 0, n_pairs)
-        groups: dict[tuple[Shape, Shape], list[int]] = {}
-        for p, (i, j) in enumerate(pairs):
-            groups.setdefault((views[i].true_shape, views[j].true_shape), []).append(p)
-        out: dict[str, list[torch.Tensor]] = {k: [torch.empty(0)] * n_pairs for k in _OUT_KEYS}
-        head_kw = {"descriptors": True} if self.descriptors else {}
         done = 0
-        for (shape1, shape2), members in groups.items():
-            for chunk in _chunks(members, self.batch_size):
-                views1 = [source[pairs[p][0]] for p in chunk]  # encoded view of each pair's view 1
-                views2 = [source[pairs[p][1]] for p in chunk]
-                f1 = torch.stack([tokens[k][0] for k in views1])  # (B, N1, E)
-                pos1 = torch.stack([tokens[k][1] for k in views1])
-                f2 = torch.stack([tokens[k][0] for k in views2])  # (B, N2, E)
-                pos2 = torch.stack([tokens[k][1] for k in views2])
-                with _autocast(self.device, self.autocast_dtype):
-                    dec1, dec2 = self.model.decode(f1, pos1, f2, pos2)
-                res1 = _to_host(self.model.head(1, dec1, shape1, view_features.get(1, views1, shape1), **head_kw))
-                del dec1
-                res2 = _to_host(self.model.head(2, dec2, shape2, view_features.get(2, views2, shape2), **head_kw))
-                del dec2
-                _store(out, chunk, res1, res2)
-                done += len(chunk)
-                self.report("pairs", done, n_pairs)
-        return out
-
-
-def _store(out: dict[str, list], chunk: list[int], res1: Mapping[str, list], res2: Mapping[str, list]) -> None:
-    """Put one batch's per-sample head outputs (:func:`_to_host`) of pairs ``chunk`` into ``out``."""
-    for key, (which, name) in _OUT_KEYS.items():
-        res = res1 if which == 1 else res2
-        if name in res:
-            for b, p in enumerate(chunk):
-                out[key][p] = res[name][b]
-
-
-#: Per-pair outputs collected by :meth:`_Runner.decode`: key -> (head, output name).
-_OUT_KEYS = {
-    "p1": (1, "pts3d"),
-    "c1": (1, "conf"),
-    "p2": (2, "pts3d"),
-    "c2": (2, "conf"),
-    "d1": (1, "desc"),
-    "dc1": (1, "desc_conf"),
-    "d2": (2, "desc"),
-    "dc2": (2, "desc_conf"),
-}
-_DESC_FIELDS = {"d1": "desc_1", "dc1": "desc_conf_1", "d2": "desc_2", "dc2": "desc_conf_2"}
+        for chunk in decode_chunks([im.true_shape for im in views], pairs, self.batch_size):
+            i0, j0 = pairs[chunk[0]]
+            views1 = [source[pairs[p][0]] for p in chunk]  # encoded view of each pair's view 1
+            views2 = [source[pairs[p][1]] for p in chunk]
+            shapes = (views[i0].true_shape, views[j0].true_shape)
+            out = self.worker.decode(views1, views2, shapes, tokens, view_features)
+            for key, values in out.items():
+                for p, value in zip(chunk, values, strict=True):
+                    store.put(key, p, value)
+            done += len(chunk)
+            self.report("pairs", done, n_pairs)

@@ -8,9 +8,13 @@ Names, as in the reference (FORMAT.md section 4):
 - ``logwin-K``: each image with the ones at offsets +-1, +-2, +-4, ..., +-2^(K-1), wrapping;
   ``logwin-K-noncyclic`` does not wrap.
 - ``oneref-I``: image I with every other image.
-- ``auto``: what the run's inputs call for. Here it is ``complete``; the pipeline resolves it
-  first (``core.inputs.plan.resolve_scene_graph``): video frames get a sliding log window
-  over time (``core.inputs.video.sequence_scene_graph``), photos the complete graph.
+- ``auto``: chosen by the image count (:func:`default_scene_graph`): ``complete`` up to
+  :data:`AUTO_COMPLETE_MAX` images, above that ``logwin-K`` (each image with its neighbours at
+  offsets 1, 2, 4, ..., 2^(K-1) on both sides, wrapping: a short sliding window plus a few
+  long-range pairs) with K growing with log2 of the count, so the pair count grows as
+  N log N instead of N^2 (100 images: 1000 pairs instead of 9900).
+  For video frames the pipeline resolves ``auto`` first to a sequence graph over time
+  (``core.inputs.plan.resolve_scene_graph``, ``core.inputs.video.sequence_scene_graph``).
 
 With ``symmetrize`` (the default, and what the reference app does) the list is followed by the
 same pairs reversed, so each edge is seen from both sides; for 3 images ``complete`` gives
@@ -43,23 +47,30 @@ from core.errors import SettingsError
 from core.types import InputImage
 
 __all__ = [
+    "AUTO_COMPLETE_MAX",
     "SCENE_GRAPH_KINDS",
     "count_pairs",
+    "default_scene_graph",
+    "describe_scene_graph",
     "duplicate_single_image",
     "format_scene_graph",
     "make_pairs",
     "max_window_size",
     "parse_scene_graph",
+    "resolve_scene_graph",
 ]
 
 logger = logging.getLogger(__name__)
 
 SceneGraphKind = Literal["complete", "swin", "logwin", "oneref", "auto"]
 
-#: The graph kinds (``auto`` last: it was added after the others).
+#: The graph kinds, in the order the UI lists them.
 SCENE_GRAPH_KINDS: tuple[SceneGraphKind, ...] = ("complete", "swin", "logwin", "oneref", "auto")
 
-_EXPECTED = "'auto', 'complete', 'swin-K', 'swin-K-noncyclic', 'logwin-K', 'logwin-K-noncyclic' or 'oneref-I'"
+#: ``auto`` uses the complete graph up to this many images (380 pairs), a log window above.
+AUTO_COMPLETE_MAX = 20
+
+_EXPECTED = "'complete', 'swin-K', 'swin-K-noncyclic', 'logwin-K', 'logwin-K-noncyclic', 'oneref-I' or 'auto'"
 _WINDOWED = re.compile(r"(swin|logwin)-(-?\d+)(-noncyclic)?")
 _ONEREF = re.compile(r"oneref-(-?\d+)")
 
@@ -77,8 +88,10 @@ def parse_scene_graph(name: str) -> tuple[SceneGraphKind, int | None, bool]:
     if not isinstance(name, str):
         raise TypeError(f"scene graph must be a str, got {type(name).__name__}")
     text = name.strip().lower()
-    if text in ("complete", "auto"):
-        return text, None, False  # type: ignore[return-value]
+    if text == "complete":
+        return "complete", None, False
+    if text == "auto":
+        return "auto", None, False
     if m := _WINDOWED.fullmatch(text):
         kind: SceneGraphKind = "swin" if m.group(1) == "swin" else "logwin"
         k = int(m.group(2))
@@ -167,6 +180,8 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
     if n_images < 1:
         raise ValueError(f"n_images must be >= 1, got {n_images}")
     kind, param, cyclic = parse_scene_graph(scene_graph)
+    if kind == "auto" and n_images > 1:
+        return make_pairs(n_images, default_scene_graph(n_images), symmetrize=symmetrize)
     if n_images == 1:
         raise ValueError(
             "a single image is paired with a copy of itself: duplicate it first "
@@ -174,8 +189,8 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
             "so that n_images is 2"
         )
     n = n_images
-    k = param if param is not None else 0  # None only for "complete" and "auto"
-    if kind in ("complete", "auto"):  # auto: resolved by the pipeline before; photos -> complete
+    k = param if param is not None else 0  # None only for "complete" (and "auto", resolved above)
+    if kind == "complete":
         pairs = [(i, j) for i in range(n) for j in range(i)]
     elif kind == "swin":
         pairs = _ordered_unique(_swin_candidates(n, k, cyclic))
@@ -189,6 +204,40 @@ def make_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool
         pairs = pairs + [(j, i) for i, j in pairs]
     logger.debug("scene graph %s on %d images: %d pairs", scene_graph, n, len(pairs))
     return pairs
+
+
+def default_scene_graph(n_images: int, *, complete_max: int = AUTO_COMPLETE_MAX) -> str:
+    """The scene graph ``auto`` stands for on ``n_images`` views (a pure function of the count).
+
+    ``complete`` while n_images <= complete_max; above, ``logwin-K`` (cyclic) with
+    K = max(3, ceil(log2(n_images)) - 2): neighbours at 1, 2, 4, ... 2^(K-1) on both sides, about
+    2 K n_images pairs (21 images: 126 pairs, 100: 1000, 300: 4200) and a graph that stays connected
+    with short paths between any two views.
+
+    >>> default_scene_graph(12), default_scene_graph(100)
+    ('complete', 'logwin-5')
+    """
+    if isinstance(n_images, bool) or not isinstance(n_images, int) or n_images < 1:
+        raise ValueError(f"n_images must be an int >= 1, got {n_images!r}")
+    if complete_max < 2:
+        raise ValueError(f"complete_max must be >= 2, got {complete_max}")
+    if n_images <= complete_max:
+        return "complete"
+    return f"logwin-{max(3, math.ceil(math.log2(n_images)) - 2)}"
+
+
+def resolve_scene_graph(n_images: int, scene_graph: str) -> str:
+    """``auto`` -> the concrete graph for this many images (:func:`default_scene_graph`); any other
+    name unchanged (validated). A single image counts as its duplicated pair (2 views)."""
+    kind, _, _ = parse_scene_graph(scene_graph)
+    return default_scene_graph(max(n_images, 2)) if kind == "auto" else scene_graph
+
+
+def describe_scene_graph(n_images: int, scene_graph: str) -> str:
+    """What will run, for showing before the run: ``"auto -> logwin-5: 1000 pairs for 100 images"``."""
+    resolved = resolve_scene_graph(n_images, scene_graph)
+    name = resolved if resolved == scene_graph.strip().lower() else f"{scene_graph} -> {resolved}"
+    return f"{name}: {count_pairs(n_images, resolved)} pairs for {n_images} image(s)"
 
 
 def count_pairs(n_images: int, scene_graph: str = "complete", *, symmetrize: bool = True) -> int:

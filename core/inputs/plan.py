@@ -32,7 +32,7 @@ from core.inference.memory import (
     resolve_batch_size,
     view_cache_bytes,
 )
-from core.inputs.pairs import make_pairs
+from core.inputs.pairs import default_scene_graph, make_pairs
 from core.inputs.preprocessing import plan_resize_crop
 from core.inputs.video import VideoOptions, sequence_scene_graph
 from core.runtime import resolve_device, select_autocast_dtype
@@ -66,7 +66,8 @@ def network_hw(size: tuple[int, int], pre: PreprocessConfig) -> tuple[int, int]:
 
 def resolve_scene_graph(inference: InferenceConfig, n_images: int, *, all_video_frames: bool) -> str:
     """The scene graph a run on ``n_images`` uses: the configured one, or for ``auto`` the sequence
-    graph when every image is a video frame and the complete graph otherwise.
+    graph when every image is a video frame, else the count-based default
+    (:func:`core.inputs.pairs.default_scene_graph`: complete up to 20 images, a log window above).
 
     >>> resolve_scene_graph(InferenceConfig(), 12, all_video_frames=True)
     'logwin-3-noncyclic'
@@ -75,7 +76,7 @@ def resolve_scene_graph(inference: InferenceConfig, n_images: int, *, all_video_
     """
     if inference.graph != "auto":
         return inference.scene_graph
-    return sequence_scene_graph(max(n_images, 1)) if all_video_frames else "complete"
+    return sequence_scene_graph(max(n_images, 1)) if all_video_frames else default_scene_graph(n_images)
 
 
 def with_scene_graph(cfg: AppConfig, scene_graph: str) -> AppConfig:
