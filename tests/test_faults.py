@@ -186,9 +186,11 @@ def test_disk_full_on_a_small_tmpfs(faults) -> None:
 
 
 def _start_server(fixtures_dir: Path, root: Path, port: int, log: Path) -> subprocess.Popen:
+    """``main.py`` serving the tiny model on ``port``; Gradio's upload cache in ``root/../gradio``."""
     argv = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--output-root", str(root)]
     argv += ["--checkpoint", str(fixtures_dir / "tiny_linear"), "--image-size", "64", "--device", "cpu"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+    env["GRADIO_TEMP_DIR"] = str(root.parent / "gradio")
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=root.parent)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
@@ -234,6 +236,10 @@ def test_sigterm_stops_the_web_app_mid_run_and_marks_the_job_interrupted(fixture
     manifest = json.loads((job / "manifest.json").read_text())
     assert manifest["status"] == "interrupted", manifest.get("status")
     assert not leftovers(job), leftovers(job)
+    # Gradio's cache (the uploads, the served copies) is cleaned on the way out; its multipart
+    # parser's empty temporary files are Gradio's own and stay
+    cached = [p for p in (tmp_path / "gradio").rglob("*") if p.is_file() and p.stat().st_size > 0]
+    assert not cached, cached
 
 
 def _ignore(fn) -> None:
