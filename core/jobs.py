@@ -122,6 +122,8 @@ _EXPORT_RE = re.compile(r"\d{20}-[0-9a-f]{32}")
 _APP_OUTPUTS = (
     MANIFEST_FILE, SETTINGS_FILE, SCENE_FILE, PAIRS_FILE, "scene.glb", "pointcloud.ply", "mesh.obj", "cameras.json",
     "reconstruction.zip", "colmap", "depth", "maps", "colmap_work", "views", _EXPORTS_DIR, _RUNNING_FILE,
+    "surface.glb", "surface.ply", "surface.obj", "voxels.npz", "voxels.binvox", "voxels.glb", "pointcloud.las",
+    "pointcloud.laz", "dsm.tif", "dtm.tif", "ortho.tif", "georef.json", "splat-ready",
 )  # fmt: skip
 _UNSAFE_NAME_RE = re.compile(r"[\s\x00-\x1f\x7f/\\]+")
 _MB = 1024 * 1024
@@ -229,7 +231,15 @@ def _set_aside_previous(folder: Path, keep: set[Path]) -> None:
     remove_partial_files(folder, subfolders=(_EXPORTS_DIR,))
     if not ours:
         return
-    entries = [folder / n for n in _APP_OUTPUTS if (folder / n).exists() and (folder / n).resolve() not in keep]
+    listed = {
+        Path(str(rel)).parts[0]
+        for rel in (data.get("files") or {}).values()
+        if str(rel) and not Path(str(rel)).is_absolute()
+    }
+    names = dict.fromkeys(
+        [*_APP_OUTPUTS, *sorted(listed - {"..", "."})]
+    )  # the fixed names, and whatever the manifest lists
+    entries = [folder / n for n in names if (folder / n).exists() and (folder / n).resolve() not in keep]
     if data.get("status") == STATUS_DONE or resume:
         if not resume:
             shutil.rmtree(previous, ignore_errors=True)
