@@ -20,6 +20,7 @@ per device (``cfg.ui.concurrency_limit``).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,7 +31,6 @@ from config import (
     OFFICIAL_CHECKPOINTS,
     AppConfig,
 )
-from core.inputs.preprocessing import IMAGE_EXTENSIONS
 from pipeline import Pipeline
 from ui_handlers import (
     _ZIP_LABEL,
@@ -40,6 +40,8 @@ from ui_handlers import (
     setting_widget,
     settings_to_config,
 )
+from ui_live import DISPLAY_LABELS, DISPLAY_OUTPUTS, RUN_OUTPUTS, LivePage
+from ui_uploads import EXAMPLE_DIR
 
 __all__ = [
     "build_demo",
@@ -49,6 +51,7 @@ __all__ = [
     "settings_to_config",
     "display_config",
     "ASSETS_DIR",
+    "LivePage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -56,8 +59,8 @@ logger = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 ENGINE_CHOICES = [
-    ("DUSt3R · neural, works from 2 photos", "dust3r"),
-    ("COLMAP · classical SfM, no weights needed", "colmap"),
+    ("DUSt3R · neural, from 2 photos", "dust3r"),
+    ("COLMAP · classical, no weights", "colmap"),
 ]
 GRAPH_CHOICES = [
     ("complete · every pair (best, N² pairs)", "complete"),
@@ -95,8 +98,8 @@ _HEADER = """
 
 _HOWTO = """
 <div id="howto">
-  <div class="step"><span>1</span><b>Add photos</b> 2 or more views of one object or scene, overlapping, from different angles.</div>
-  <div class="step"><span>2</span><b>Reconstruct</b> defaults work; the first DUSt3R run loads the network.</div>
+  <div class="step"><span>1</span><b>Add photos</b> 2 or more overlapping views of one object or scene, or try the example.</div>
+  <div class="step"><span>2</span><b>Reconstruct</b> the card shows the stage and the time left; Cancel keeps the previous result.</div>
   <div class="step"><span>3</span><b>Explore &amp; download</b> drag to orbit, ⤢ for fullscreen (Esc exits); GLB or the full zip.</div>
 </div>
 """
@@ -124,6 +127,24 @@ def _default_engine(avail: Mapping[str, str | None]) -> tuple[str, str]:
     return "dust3r", f"**No engine is ready.** DUSt3R: {dust3r} COLMAP: {colmap}"
 
 
+_SCRIPTS = ("fullscreen.js", "page.js", "viewer.js")
+"""Scripts put in the page's <head>: fullscreen viewer, slider keys, the viewer's camera."""
+_LAST_JOB_KEY = "dust3r-studio-last-job"
+
+
+def _browser_secret(output_root: Path) -> str:
+    """The key that encrypts the last job id kept in the browser, stable across restarts of this
+    output folder (so a reload after a restart still finds the job)."""
+    path = Path(output_root) / ".page-secret"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        secret = secrets.token_urlsafe(24)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secret + "\n", encoding="utf-8")
+        return secret
+
+
 def _read_asset(name: str) -> str:
     path = ASSETS_DIR / name
     return path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -141,7 +162,7 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
     """Keyword arguments for ``demo.launch()``: server, theme, CSS, scripts, limits, served paths."""
     output_root = Path(cfg.jobs.output_root).resolve()
     output_root.mkdir(parents=True, exist_ok=True)
-    script = _read_asset("fullscreen.js")
+    script = "\n".join(_read_asset(name) for name in _SCRIPTS)
     return {
         "server_name": cfg.ui.host,
         "server_port": cfg.ui.port,
@@ -149,7 +170,7 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
         "theme": _theme(),
         "css_paths": [ASSETS_DIR / "style.css"],
         "head": f"<script>{script}</script>" if script else None,
-        "allowed_paths": [str(output_root)],
+        "allowed_paths": [str(output_root), str(EXAMPLE_DIR)],
         "max_file_size": int(cfg.ui.max_upload_mb * 1024 * 1024),
         "footer_links": ["api"],
         "show_error": True,
@@ -159,7 +180,8 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
 def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     """The page (never launched here; see :func:`launch_kwargs`)."""
     handlers = UIHandlers(cfg, pipeline)
-    avail = pipeline.availability()
+    live = LivePage(handlers)
+    avail = handlers.availability()
     engine0, notice = _default_engine(avail)
     max_age_s = int(cfg.jobs.max_age_hours * 3600)
     sizes = sorted({*IMAGE_SIZES, cfg.preprocess.image_size}, reverse=True)
@@ -169,34 +191,29 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
         title="DUSt3R Studio", analytics_enabled=False, fill_width=True, delete_cache=(ui.cache_clean_s, max_age_s)
     ) as demo:
         result_state = gr.State(None)
+        shown_state = gr.State(None)
+        last_job = gr.BrowserState(None, storage_key=_LAST_JOB_KEY, secret=_browser_secret(cfg.jobs.output_root))
         gr.HTML(_HEADER)
         gr.HTML(_HOWTO)
         gr.Markdown(notice, visible=bool(notice), elem_id="notice")
 
         with gr.Row(equal_height=False, elem_id="main-row"):
-            # ---------------- left: inputs and settings ----------------
+            # ---------------- left: inputs, the run card, settings ----------------
             with gr.Column(scale=4, min_width=340, elem_id="left-panel"):
                 with gr.Column(scale=0, elem_id="photos-panel"):
-                    gr.Markdown("### Photos", elem_classes="panel-title")
+                    with gr.Row(elem_id="photos-head"):
+                        gr.Markdown("### Photos", elem_classes="panel-title")
+                        example_btn = gr.Button("▶ Try the example scene", size="sm", elem_id="example-btn")
                     files = gr.File(
                         file_count="multiple",
-                        file_types=list(IMAGE_EXTENSIONS),
                         label="Drop photos here",
                         show_label=False,
-                        height=150,
+                        height=120,
                         elem_id="upload",
                     )
-                    thumbs = gr.Gallery(
-                        label="Uploaded",
-                        show_label=False,
-                        columns=5,
-                        fit_columns=False,
-                        height=124,
-                        object_fit="cover",
-                        allow_preview=False,
-                        elem_id="thumbs",
-                        visible=False,
-                    )
+                    thumbs = gr.HTML("", visible=False, elem_id="thumbs")
+                    api_thumbs = gr.Gallery(label="Uploaded", visible=False, elem_id="api-thumbs")
+                    upload_note = gr.Markdown("", visible=False, elem_id="upload-note")
                 with gr.Column(scale=0, elem_id="engine-panel"):
                     gr.Markdown("### Engine", elem_classes="panel-title")
                     engine = setting_widget(
@@ -209,7 +226,15 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         info=None,
                         elem_id="engine",
                     )
-                    model_md = gr.Markdown(handlers.model_status_md(), elem_id="model-status")
+                    model_md = gr.HTML(live.model_html(engine0), elem_id="model-status")
+                with gr.Column(scale=0, elem_id="run-card"):
+                    with gr.Row(elem_id="run-row"):
+                        run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn", scale=3)
+                        cancel_btn = gr.Button("Cancel", variant="stop", visible=False, elem_id="cancel-btn", scale=1)
+                    run_status = gr.HTML(
+                        "<div class='plan'>Add photos (or try the example) to see how long a run takes here.</div>",
+                        elem_id="run-status",
+                    )
                 with gr.Accordion("Network input", open=False, visible=engine0 == "dust3r") as acc_input:
                     checkpoint = gr.Dropdown(
                         _model_choices(cfg),
@@ -241,8 +266,10 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     ref_image = setting_widget(
                         cfg, "ref_image", "Reference image index", maximum=ui.max_images - 1, visible=kind == "oneref"
                     )
-                with gr.Accordion("Global alignment", open=False, visible=engine0 == "dust3r") as acc_align:
-                    niter = setting_widget(cfg, "niter", "Iterations", maximum=ui.max_niter, step=10)
+                with gr.Accordion(
+                    "Global alignment", open=False, visible=engine0 == "dust3r", elem_id="global-alignment"
+                ) as acc_align:
+                    niter = setting_widget(cfg, "niter", "Iterations", maximum=ui.max_niter, step=10, elem_id="niter")
                     schedule = setting_widget(cfg, "schedule", "Learning-rate schedule")
                     lr = setting_widget(cfg, "lr", "Learning rate", step=0.001)
                     init_conf_thr = setting_widget(
@@ -260,7 +287,6 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                 with gr.Accordion("COLMAP", open=False, visible=engine0 == "colmap") as acc_colmap:
                     matcher = setting_widget(cfg, "matcher", "Feature matching")
                     mapper = setting_widget(cfg, "mapper", "Mapping")
-                run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn")
 
             # ---------------- right: results ----------------
             with gr.Column(scale=7, min_width=420, elem_id="right-panel"):
@@ -279,35 +305,60 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         "Download GLB", value=None, interactive=False, variant="primary", elem_id="download-glb"
                     )
                     zip_btn = gr.DownloadButton(_ZIP_LABEL, value=None, interactive=False, elem_id="download-zip")
-                    realign_btn = gr.Button("Re-align (no network)", visible=engine0 == "dust3r", elem_id="realign-btn")
+                    realign_btn = gr.Button(
+                        "Re-align (no network)", visible=engine0 == "dust3r", interactive=False, elem_id="realign-btn"
+                    )
                 with gr.Accordion("Display · updates the model without re-running", open=True, elem_id="display"):
+                    display_note = gr.Markdown("", visible=False, elem_id="display-note")
+                    labels = DISPLAY_LABELS
                     with gr.Row():
                         min_conf_thr = setting_widget(
-                            cfg, "min_conf_thr", "Confidence threshold", minimum=1.0, maximum=ui.max_conf_thr
+                            cfg,
+                            "min_conf_thr",
+                            labels["min_conf_thr"],
+                            minimum=1.0,
+                            maximum=ui.max_conf_thr,
+                            elem_id="min-conf-thr",
                         )
                         cam_size = setting_widget(
-                            cfg, "cam_size", "Camera size", minimum=0.001, maximum=ui.max_cam_size, step=0.001
+                            cfg,
+                            "cam_size",
+                            labels["cam_size"],
+                            minimum=0.001,
+                            maximum=ui.max_cam_size,
+                            step=0.001,
+                            elem_id="cam-size",
                         )
                     with gr.Row():
                         view_mode = setting_widget(
                             cfg,
                             "view_mode",
-                            "Show as",
+                            labels["view_mode"],
                             choices=[("Mesh", "mesh"), ("Point cloud", "pointcloud")],
                             info=None,
+                            elem_id="view-mode",
                         )
                         with gr.Column():
-                            show_cameras = setting_widget(cfg, "show_cameras", "Show cameras", info=None)
-                            cam_transparent = setting_widget(cfg, "cam_transparent", "Transparent cameras", info=None)
-                            cam_image = setting_widget(cfg, "cam_image", "Photos on cameras", info=None)
+                            show_cameras = setting_widget(
+                                cfg, "show_cameras", labels["show_cameras"], info=None, elem_id="show-cameras"
+                            )
+                            cam_transparent = setting_widget(
+                                cfg, "cam_transparent", labels["cam_transparent"], info=None
+                            )
+                            cam_image = setting_widget(cfg, "cam_image", labels["cam_image"], info=None)
                     with gr.Row():
-                        clean_depth = setting_widget(cfg, "clean_depth", "Clean-up")
-                        outlier_removal = setting_widget(cfg, "outlier_removal", "Remove outliers")
-                        largest_component = setting_widget(cfg, "largest_component", "Main object only")
-                        mask_sky = setting_widget(cfg, "mask_sky", "Remove sky", info=None)
+                        clean_depth = setting_widget(cfg, "clean_depth", labels["clean_depth"])
+                        outlier_removal = setting_widget(cfg, "outlier_removal", labels["outlier_removal"])
+                        largest_component = setting_widget(cfg, "largest_component", labels["largest_component"])
+                        mask_sky = setting_widget(cfg, "mask_sky", labels["mask_sky"], info=None)
                 gallery = gr.Gallery(
-                    label="Views · RGB, depth, confidence", columns=3, height=300, object_fit="contain", elem_id="views"
+                    label="Views · RGB, depth, confidence",
+                    columns=3,
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="views",
                 )
+                api_hooks = gr.Button("api", visible=False, elem_id="api-hooks")
 
         run_inputs = dict(
             engine=engine,
@@ -340,65 +391,44 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             cam_transparent=cam_transparent,
             cam_image=cam_image,
         )
-        outputs = [result_state, viewer, gallery, glb_btn, status, model_md]
-        package = dict(
-            fn=handlers.package,
-            inputs=[result_state],
-            inputs_kwargs=display_inputs,
-            outputs=[zip_btn],
-            concurrency_limit=4,
-            concurrency_id="display",
-            show_progress="hidden",
+        comps: dict[str, Any] = dict(
+            result=result_state,
+            shown=shown_state,
+            last_job=last_job,
+            viewer=viewer,
+            gallery=gallery,
+            glb=glb_btn,
+            zip=zip_btn,
+            status=status,
+            model=model_md,
+            progress=run_status,
+            run_btn=run_btn,
+            cancel_btn=cancel_btn,
+            realign_btn=realign_btn,
+            display_note=display_note,
+            files=files,
+            thumbs=thumbs,
+            api_thumbs=api_thumbs,
+            upload_note=upload_note,
+            engine=engine,
+            checkpoint=checkpoint,
+            example_btn=example_btn,
+            **display_inputs,
         )
-
-        files.change(handlers.thumbnails, inputs=files, outputs=thumbs, api_name="thumbnails", queue=False)
-        for button, fn, first_input, name in (
-            (run_btn, handlers.reconstruct, files, "reconstruct"),
-            (realign_btn, handlers.realign, result_state, "realign"),
-        ):
-            button.click(
-                fn,
-                inputs=[first_input],
-                inputs_kwargs={**run_inputs, **display_inputs},
-                outputs=outputs,
-                api_name=name,
-                concurrency_limit=ui.concurrency_limit,
-                concurrency_id="device",
-                show_progress_on=[viewer],
-            ).success(handlers.glb_ready, outputs=[glb_btn, zip_btn], queue=False, api_visibility="private").success(
-                **package, api_name=f"{name}_package", api_visibility="private"
-            ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
-        display_triggers = [
-            min_conf_thr.release,
-            cam_size.release,
-            view_mode.input,
-            show_cameras.input,
-            cam_transparent.input,
-            cam_image.input,
-            clean_depth.input,
-            outlier_removal.input,
-            largest_component.input,
-            mask_sky.input,
-        ]
-        gr.on(
-            display_triggers,
-            handlers.render,
-            inputs=[result_state],
-            inputs_kwargs=display_inputs,
-            outputs=[viewer, glb_btn, status],
-            api_name="render",
-            trigger_mode="always_last",
-            concurrency_limit=4,
-            concurrency_id="display",
-            show_progress="minimal",
-            show_progress_on=[viewer],
-        ).success(handlers.zip_busy, outputs=[zip_btn], queue=False, api_visibility="private").success(
-            **package, api_name="package", trigger_mode="always_last"
-        ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
+        _wire_api(api_hooks, handlers, comps, run_inputs, display_inputs, ui.concurrency_limit)
+        _wire_page(live, comps, run_inputs, display_inputs, ui.concurrency_limit)
         engine.change(
             handlers.engine_visibility,
             inputs=engine,
             outputs=[acc_input, acc_pairs, acc_align, acc_colmap, realign_btn],
+            queue=False,
+            api_visibility="private",
+        )
+        gr.on(
+            [engine.change, checkpoint.change],
+            live.model_html,
+            inputs=[engine, checkpoint],
+            outputs=model_md,
             queue=False,
             api_visibility="private",
         )
@@ -409,7 +439,130 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         )
-        demo.load(handlers.model_status_md, outputs=model_md, queue=False, api_visibility="private")
-        demo.unload(handlers.unload)
+        plan_triggers = [
+            engine.change,
+            checkpoint.change,
+            image_size.change,
+            scene_graph.change,
+            window_size.release,
+            cyclic.change,
+            niter.release,
+            early_stop.change,
+        ]
+        gr.on(
+            plan_triggers,
+            live.plan,
+            inputs=[files],
+            inputs_kwargs=run_inputs,
+            outputs=run_status,
+            queue=False,
+            api_visibility="private",
+        )
+        demo.load(live.restore, inputs=[last_job], outputs=[comps[n] for n in RUN_OUTPUTS], api_visibility="private")
+        demo.unload(live.unload)
     demo.queue(max_size=ui.queue_size, default_concurrency_limit=ui.concurrency_limit)
     return demo
+
+
+def _wire_api(
+    hooks: gr.Button,
+    handlers: UIHandlers,
+    comps: dict[str, Any],
+    run_inputs: dict[str, Any],
+    display_inputs: dict[str, Any],
+    concurrency_limit: int,
+) -> None:
+    """The named API endpoints (``gradio_client``), on a hidden button: the same handlers as the
+    page, returning their final outputs (no live progress)."""
+    hooks.click(
+        handlers.thumbnails, inputs=comps["files"], outputs=comps["api_thumbs"], api_name="thumbnails", queue=False
+    )
+    outputs = [comps[n] for n in ("result", "viewer", "gallery", "glb", "status", "model")]
+    for fn, first, name in (
+        (handlers.reconstruct, comps["files"], "reconstruct"),
+        (handlers.realign, comps["result"], "realign"),
+    ):
+        hooks.click(
+            fn,
+            inputs=[first],
+            inputs_kwargs={**run_inputs, **display_inputs},
+            outputs=outputs,
+            api_name=name,
+            concurrency_limit=concurrency_limit,
+            concurrency_id="device",
+        )
+    for fn, outs, name in (
+        (handlers.api_render, [comps["viewer"], comps["glb"], comps["status"]], "render"),
+        (handlers.api_package, [comps["zip"]], "package"),
+    ):
+        hooks.click(
+            fn,
+            inputs=[comps["result"]],
+            inputs_kwargs=display_inputs,
+            outputs=outs,
+            api_name=name,
+            concurrency_limit=4,
+            concurrency_id="display",
+        )
+
+
+def _wire_page(
+    live: LivePage,
+    comps: dict[str, Any],
+    run_inputs: dict[str, Any],
+    display_inputs: dict[str, Any],
+    concurrency_limit: int,
+) -> None:
+    """The page's own events (private: not part of the API)."""
+    files, run_status = comps["files"], comps["progress"]
+    run_outputs = [comps[n] for n in RUN_OUTPUTS]
+    run_events = dict(
+        outputs=run_outputs,
+        concurrency_limit=concurrency_limit,
+        concurrency_id="device",
+        show_progress="hidden",
+        show_progress_on=[run_status],
+        api_visibility="private",
+    )
+    files.change(
+        live.uploads,
+        inputs=[files],
+        inputs_kwargs=run_inputs,
+        outputs=[comps["thumbs"], comps["upload_note"], run_status],
+        queue=False,
+        api_visibility="private",
+    )
+    run_args = dict(
+        inputs=[files, comps["result"], comps["shown"]], inputs_kwargs={**run_inputs, **display_inputs}, **run_events
+    )
+    comps["run_btn"].click(live.run, api_name="page_run", **run_args)
+    comps["example_btn"].click(
+        live.example, outputs=[files, comps["engine"]], queue=False, api_visibility="private"
+    ).then(live.run, api_name="page_example_run", **run_args)
+    comps["realign_btn"].click(
+        live.realign,
+        inputs=[comps["result"], comps["shown"]],
+        inputs_kwargs={**run_inputs, **display_inputs},
+        api_name="page_realign",
+        **run_events,
+    )
+    comps["cancel_btn"].click(live.cancel, outputs=comps["cancel_btn"], queue=False, api_visibility="private")
+    display_triggers = [
+        t
+        for name, widget in display_inputs.items()
+        for t in ((widget.release,) if name in ("min_conf_thr", "cam_size") else (widget.input,))
+    ]
+    gr.on(
+        display_triggers,
+        live.render,
+        inputs=[comps["result"], comps["shown"]],
+        inputs_kwargs=display_inputs,
+        outputs=[comps[n] for n in DISPLAY_OUTPUTS],
+        api_name="page_render",
+        trigger_mode="always_last",
+        concurrency_limit=4,
+        concurrency_id="display",
+        show_progress="minimal",
+        show_progress_on=[comps["status"]],
+        api_visibility="private",
+    )

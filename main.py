@@ -237,6 +237,10 @@ def _write_outputs(result, cfg: AppConfig, formats: Sequence[str], out_dir: Path
     # scene.npz was written by the run itself (same settings); "zip" re-writes everything anyway
     wanted = tuple(f for f in dict.fromkeys(("glb", *formats)) if f != "npz" or "zip" in formats)
     files = export(result, cfg.postprocess, cfg.viz, wanted, out_dir=out_dir)
+    from core.outputs.export import skipped_formats
+
+    for fmt, why in skipped_formats(result.scene, set(wanted)).items():  # once per format, on stderr
+        sys.stderr.write(f"skipped {fmt} for the {result.engine} engine: {why}\n")
     files.setdefault("npz", result.job.scene_path)
     if result.pairs_path is not None and Path(result.pairs_path).parent.resolve() == out_dir.resolve():
         files = {**files, "pairs": Path(result.pairs_path)}
@@ -248,7 +252,8 @@ def _write_outputs(result, cfg: AppConfig, formats: Sequence[str], out_dir: Path
 def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str:
     names = sorted({_rel(p, out_dir) for p in files.values()} | {"manifest.json"})
     lines = [f"wrote {out_dir}: {', '.join(names)} ({result.scene.n_views} views, {result.engine}, {total:.1f} s)"]
-    lines += [f"warning: {w}" for w in result.scene.warnings]
+    if result.scene.warnings:  # each was logged once on stderr as it happened
+        lines.append(f"{len(result.scene.warnings)} warning(s), listed above")
     return "\n".join(lines) + "\n"
 
 

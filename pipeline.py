@@ -34,7 +34,7 @@ from core.checkpoint import weights_availability
 from core.engines import Engine
 from core.engines import make_engines as _make_engines
 from core.engines.dust3r import Dust3rEngine, ModelStatus
-from core.errors import ImageLoadError, SettingsError
+from core.errors import Cancelled, ImageLoadError, SettingsError
 from core.inputs.preprocessing import list_image_files
 from core.jobs import (
     MANIFEST_FILE,
@@ -226,10 +226,33 @@ def _save_scene(job: Job, scene: Scene, cfg: AppConfig, clock: StageClock) -> No
     clock("outputs", 1, 1)
 
 
+def _polled(progress: ProgressFn | None, cancel: Callable[[], bool] | None) -> ProgressFn | None:
+    """``progress`` that first asks ``cancel()`` and raises :class:`Cancelled` when it says so.
+
+    Every stage reports progress between its steps (images, pairs, iterations, COLMAP stages),
+    so a run stops at the next step boundary.
+    """
+    if cancel is None:
+        return progress
+
+    def report(stage: str, done: int, total: int) -> None:
+        if cancel():
+            raise Cancelled(f"cancelled during {STAGE_LABELS.get(stage, stage).lower()} ({done}/{total})")
+        if progress is not None:
+            progress(stage, done, total)
+
+    return report
+
+
 def _run_job(
-    job: Job, cfg: AppConfig, clock: StageClock, body: Callable[[], tuple[Scene, Path | None, dict[str, Any]]]
+    job: Job,
+    cfg: AppConfig,
+    clock: StageClock,
+    body: Callable[[], tuple[Scene, Path | None, dict[str, Any]]],
+    cancel: Callable[[], bool] | None = None,
 ) -> Result:
-    """Run ``body() -> (scene, pairs_path, extra)`` as a job: running flag, scene.npz, manifest."""
+    """Run ``body() -> (scene, pairs_path, extra)`` as a job: running flag, scene.npz, manifest
+    (status ``done``, ``failed`` or ``cancelled``)."""
     t0 = time.perf_counter()
     with jobs.mark_running(job):
         try:
@@ -238,10 +261,15 @@ def _run_job(
             scene = _add_warnings(scene, _quality_warnings(scene, cfg.postprocess))
             _save_scene(job, scene, cfg, clock)
         except BaseException as e:
+            # a cancel raised inside a library callback may come back wrapped (COLMAP's own error)
+            cancelled = isinstance(e, Cancelled) or (cancel is not None and cancel())
             timings = {**clock.finish(), "total": round(time.perf_counter() - t0, 4)}
+            status = "cancelled" if cancelled else "failed"
             write_manifest(
-                job, cfg=cfg, engine=cfg.engine, status="failed", timings=timings, error=f"{type(e).__name__}: {e}"
+                job, cfg=cfg, engine=cfg.engine, status=status, timings=timings, error=f"{type(e).__name__}: {e}"
             )
+            if cancelled and not isinstance(e, Cancelled):
+                raise Cancelled("cancelled") from e
             raise
     timings = {**clock.finish(), "total": round(time.perf_counter() - t0, 4)}
     files = {"scene": job.scene_path}
@@ -268,6 +296,7 @@ def reconstruct(
     job: Job | None = None,
     progress: ProgressFn | None = None,
     engines: Mapping[str, Engine] | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Result:
     """Images -> aligned scene, as a job (see the module docstring).
 
@@ -275,6 +304,7 @@ def reconstruct(
     engine: overrides ``cfg.engine`` (a key of ``engines``; default registry: :func:`make_engines`).
     job: where to write; default a new job below ``cfg.jobs.output_root``.
     progress: ``progress(stage, done, total)``; stage names in :data:`STAGE_LABELS`.
+    cancel: asked between steps; True stops the run with :class:`core.errors.Cancelled`.
 
     Returns a frozen :class:`Result`; writes ``scene.npz`` and ``manifest.json`` (also on failure,
     with ``status: failed``). Raises :class:`core.errors.UserError` subclasses for what the user can
@@ -287,7 +317,7 @@ def reconstruct(
     cfg, eng = dataclasses.replace(cfg, engine=name), engines[name]
     paths = expand_image_paths(image_paths)
     job = job if job is not None else create_job(cfg.jobs.output_root)
-    clock = StageClock(progress)
+    clock = StageClock(_polled(progress, cancel))
 
     def body():
         clock("prepare", 0, 1)
@@ -298,7 +328,7 @@ def reconstruct(
         return scene, pairs, {"inputs": [str(p) for p in paths]}
 
     logger.info("job %s: %s on %d image(s) in %s", job.id, cfg.engine, len(paths), job.dir)
-    return _run_job(job, cfg, clock, body)
+    return _run_job(job, cfg, clock, body, cancel)
 
 
 def realign(
@@ -307,6 +337,7 @@ def realign(
     *,
     job: Job | None = None,
     progress: ProgressFn | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Result:
     """Global alignment (and the scene outputs) again from saved pair predictions; no network.
 
@@ -319,7 +350,7 @@ def realign(
         raise ImageLoadError(f"pair predictions file not found: {pairs_npz}", filename=str(pairs_npz))
     cfg = dataclasses.replace(cfg, engine="dust3r")
     job = job if job is not None else create_job(cfg.jobs.output_root)
-    clock = StageClock(progress)
+    clock = StageClock(_polled(progress, cancel))
 
     def body():
         clock("load", 0, 1)
@@ -334,7 +365,7 @@ def realign(
         return dataclasses.replace(scene, extra=extra), pairs_npz, {"source_pairs": str(pairs_npz.resolve())}
 
     logger.info("job %s: re-aligning %s in %s", job.id, pairs_npz, job.dir)
-    return _run_job(job, cfg, clock, body)
+    return _run_job(job, cfg, clock, body, cancel)
 
 
 # --------------------------------------------------------------------------------------------
@@ -419,8 +450,11 @@ class Pipeline:
         engine: str | None = None,
         job: Job | None = None,
         progress: ProgressFn | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> Result:
-        return reconstruct(image_paths, cfg, engine=engine, job=job, progress=progress, engines=self.engines)
+        return reconstruct(
+            image_paths, cfg, engine=engine, job=job, progress=progress, engines=self.engines, cancel=cancel
+        )
 
     def realign(
         self,
@@ -429,8 +463,9 @@ class Pipeline:
         *,
         job: Job | None = None,
         progress: ProgressFn | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> Result:
-        return realign(pairs_npz, cfg, job=job, progress=progress)
+        return realign(pairs_npz, cfg, job=job, progress=progress, cancel=cancel)
 
     def export(
         self,

@@ -11,6 +11,7 @@ other exception is a bug, logged with its traceback under a short id that the pa
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -22,13 +23,14 @@ from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_settings, current_value, settings_of
+from core.checkpoint import hub_reachable, hub_repo_id
 from core.errors import UserError, internal_error_id
-from core.inputs.preprocessing import heif_available
 from core.outputs.export import EXPORT_FORMATS
-from pipeline import Pipeline, Result, stage_label
+from pipeline import Pipeline, Result, scene_masks, stage_label
+from ui_uploads import thumbnail
 
 __all__ = [
     "DISPLAY_KEYS",
@@ -39,13 +41,20 @@ __all__ = [
     "settings_to_config",
     "setting_widget",
     "status_text",
+    "kept_points",
+    "TOAST_S",
 ]
 
 logger = logging.getLogger(__name__)
 
-_THUMB_SIZE = 256
 _ZIP_LABEL = "Download all (zip)"
 _ZIP_BUSY = "Preparing zip…"
+TOAST_S = 10.0
+"""Seconds an error message stays on the page before it goes away by itself."""
+_AVAILABILITY_TTL_S = 30.0
+_NOTHING_TO_DRAW = (
+    "Nothing to draw: no point passes these display filters (lower the confidence threshold or turn filters off)."
+)
 
 #: Display settings (re-export only) and run settings (what changes the reconstruction), by flat name.
 DISPLAY_KEYS = tuple(s.name for s in settings_of("display"))
@@ -140,14 +149,6 @@ def _file_paths(files: Any) -> list[Path]:
     return out
 
 
-def _thumbnail(path: Path) -> np.ndarray:
-    heif_available()  # registers the HEIC opener when pillow-heif is installed
-    with Image.open(path) as im:
-        im = ImageOps.exif_transpose(im)
-        im.thumbnail((_THUMB_SIZE, _THUMB_SIZE))
-        return np.asarray(im.convert("RGB"))
-
-
 def _fmt_seconds(s: float) -> str:
     return f"{s:.1f} s" if s >= 0.95 else f"{s * 1000:.0f} ms"
 
@@ -169,83 +170,159 @@ def _units_label(scene) -> str:
     return f"metres, {float(np.max(hi - lo)):.2f} m across"
 
 
-def status_text(result: Result, *, export_s: float | None = None) -> str:
-    """One status line: views, engine, per-stage timings, job id, warnings count."""
+def kept_points(result: Result, post_cfg: PostprocessConfig) -> int:
+    """How many points these display filters keep (0: nothing but cameras to draw)."""
+    masks = scene_masks(result.scene, post_cfg)
+    if isinstance(masks, np.ndarray):
+        return int(masks.sum())
+    return int(sum(int(m.sum()) for m in masks))
+
+
+def _views_label(scene) -> str:
+    """``3 views``, or ``1 photo (paired with itself)`` for a single photo run with its copy."""
+    if scene.n_views == 2 and scene.names[1] == f"{scene.names[0]} (copy)":
+        return "1 photo (paired with itself)"
+    return f"{scene.n_views} views"
+
+
+def status_text(result: Result, *, export_s: float | None = None, kept: int | None = None) -> str:
+    """The status as markdown: a line with views, engine, units, total and display time (and
+    points shown), then a line with per-stage timings and the job id. No HTML."""
     scene = result.scene
     t = dict(result.timings)
     total = t.pop("total", None)
+    t.pop("export", None)
     stages = " · ".join(f"{k} {_fmt_seconds(v)}" for k, v in t.items() if v >= 0.0005)
-    what = f"{scene.n_views} views"
+    what = _views_label(scene)
     if scene.sparse is not None:
         what += f", {scene.sparse.xyz.shape[0]:,} points"
     parts = [f"**Done** · {what} · {_model_label(result)} · {_units_label(scene)}"]
     if total is not None:
         parts.append(f"total **{_fmt_seconds(total)}**")
     if export_s is not None:
-        parts.append(f"display {_fmt_seconds(export_s)}")
-    line = " · ".join(parts)
-    details = f"<span class='timings'>{stages}</span>" if stages else ""
+        parts.append(f"display {_fmt_seconds(export_s)}" + (f", {kept:,} points shown" if kept is not None else ""))
     warn = f" · ⚠ {len(scene.warnings)} warning(s)" if scene.warnings else ""
-    return f"{line}{warn}<br>{details} <span class='job-id'>job {result.job.id}</span>"
+    details = " · ".join(x for x in (stages, f"job {result.job.id}") if x)
+    return f"{' · '.join(parts)}{warn}\n\n{details}"
 
 
 class UIHandlers:
-    """The event handlers, as plain methods (tests call them without a browser)."""
+    """The event handlers shared by the page and the named API, as plain methods (tests call them
+    without a browser). The API endpoints are these methods; the page's live versions (progress,
+    cancel, refused display changes) are in :mod:`ui_live` and call the same pieces."""
 
     def __init__(self, cfg: AppConfig, pipeline: Pipeline, sessions: SessionJobs | None = None) -> None:
         self.cfg = cfg
         self.pipeline = pipeline
         self.sessions = sessions if sessions is not None else SessionJobs()
+        self._avail_lock = threading.Lock()
+        self._avail: dict[str, tuple[float, str | None]] = {}
 
-    # -- status ----------------------------------------------------------------------------
+    # -- engines ---------------------------------------------------------------------------
+    def dust3r_availability(self, checkpoint: str | None = None) -> str | None:
+        """None when the DUSt3R engine can load ``checkpoint`` (default the server's), else why
+        not; cached for a few seconds (it may probe the hub)."""
+        ckpt = checkpoint or self.cfg.model.checkpoint
+        now = time.monotonic()
+        with self._avail_lock:
+            hit = self._avail.get(ckpt)
+            if hit is not None and now - hit[0] < _AVAILABILITY_TTL_S:
+                return hit[1]
+        engine = self.pipeline.engines.get("dust3r")
+        if engine is None:
+            why: str | None = "the DUSt3R engine is not installed in this app"
+        else:
+            avail = getattr(engine, "availability")  # noqa: B009 (protocol method; some engines take a model config)
+            why = avail(dataclasses.replace(self.cfg.model, checkpoint=ckpt)) if checkpoint else avail()
+        with self._avail_lock:
+            self._avail[ckpt] = (now, why)
+        return why
+
+    def availability(self) -> dict[str, str | None]:
+        """Engine name -> None (usable) or why not (DUSt3R cached, see :meth:`dust3r_availability`)."""
+        out: dict[str, str | None] = {}
+        for name, engine in self.pipeline.engines.items():
+            out[name] = self.dust3r_availability() if name == "dust3r" else engine.availability()
+        return out
+
     def model_status_md(self) -> str:
-        avail = self.pipeline.availability()
+        """What the engines can do now, one markdown line each (no HTML)."""
+        avail = self.availability()
         lines = []
         if "dust3r" in avail:
             status = self.pipeline.model_status()
             ckpt = Path(self.cfg.model.checkpoint).name or self.cfg.model.checkpoint
             if status is not None:
-                lines.append(
-                    f"<span class='dot ok'></span>DUSt3R network loaded on {status.device} "
-                    f"({_fmt_seconds(status.load_seconds)})"
-                )
+                lines.append(f"● DUSt3R network loaded on {status.device} ({_fmt_seconds(status.load_seconds)})")
             elif avail["dust3r"] is None:
-                lines.append(
-                    f"<span class='dot idle'></span>DUSt3R weights ready ({ckpt}); the network loads on the first run"
-                )
+                lines.append(f"● DUSt3R weights ready ({ckpt}); the network loads on the first run")
+            elif "download on the first" in avail["dust3r"]:
+                lines.append("● DUSt3R weights download on the first run (see the note above)")
             else:
-                lines.append("<span class='dot off'></span>DUSt3R weights not available (see the note above)")
+                lines.append("● DUSt3R weights not available here (see the note above)")
         if "colmap" in avail:
-            if avail["colmap"] is None:
-                lines.append("<span class='dot ok'></span>COLMAP ready")
-            else:
-                lines.append(f"<span class='dot off'></span>COLMAP unavailable: {avail['colmap']}")
-        return "<br>".join(lines)
+            lines.append("● COLMAP ready" if avail["colmap"] is None else f"● COLMAP unavailable: {avail['colmap']}")
+        return "\n\n".join(lines)
+
+    # -- checks ----------------------------------------------------------------------------
+    def _settings(self, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
+        try:
+            engine, cfg = settings_to_config(self.cfg, settings)
+        except ValueError as e:
+            raise gr.Error(f"Invalid setting: {e}", title="Invalid setting", print_exception=False) from e
+        if engine not in self.pipeline.engines:
+            raise gr.Error(
+                f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.",
+                title="Invalid setting",
+                print_exception=False,
+            )
+        return engine, cfg
+
+    def check_run(self, paths: list[Path], settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
+        """Uploads and settings -> (engine, config), or a gr.Error (with a title) saying what to fix.
+
+        A DUSt3R run whose weights are neither here nor downloadable fails here, at once.
+        """
+        if not paths:
+            raise gr.Error(
+                "Upload one or more photos first (drag them onto the upload area).",
+                title="No images",
+                print_exception=False,
+            )
+        if len(paths) > self.cfg.ui.max_images:
+            raise gr.Error(
+                f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
+                title="Too many images",
+                print_exception=False,
+            )
+        engine, cfg = self._settings(settings)
+        if engine == "dust3r":
+            ckpt = cfg.model.checkpoint
+            why = self.dust3r_availability(None if ckpt == self.cfg.model.checkpoint else ckpt)
+            if why is not None and not (hub_repo_id(ckpt) and hub_reachable()):
+                raise gr.Error(why, title="DUSt3R weights unavailable", print_exception=False)
+        return engine, cfg
+
+    def new_job(self, cfg: AppConfig, session: str):
+        """A new job folder for this session (older jobs of gone sessions may be cleaned first)."""
+        job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
+        self.sessions.add(session, job.id)
+        return job
 
     # -- events ----------------------------------------------------------------------------
     def thumbnails(self, files: Any):
-        """Uploads -> small previews (a Gallery update); unreadable files and too many files give warnings."""
+        """``/thumbnails``: uploads -> small previews (a Gallery update); unreadable files and too
+        many files give warnings (the page shows them in the tiles instead, see :mod:`ui_live`)."""
         paths = _file_paths(files)
         if len(paths) > self.cfg.ui.max_images:
             gr.Warning(f"{len(paths)} images uploaded; at most {self.cfg.ui.max_images} are allowed per run.")
         out = []
         for p in paths:
             try:
-                out.append((_thumbnail(p), p.name))
+                out.append((thumbnail(p), p.name))
             except (OSError, ValueError, Image.DecompressionBombError) as e:
                 gr.Warning(f"{p.name}: not a readable image ({type(e).__name__})")
         return gr.Gallery(value=out, visible=bool(out))
-
-    def _settings(self, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
-        try:
-            engine, cfg = settings_to_config(self.cfg, settings)
-        except ValueError as e:
-            raise gr.Error(f"Invalid setting: {e}", print_exception=False) from e
-        if engine not in self.pipeline.engines:
-            raise gr.Error(
-                f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.", print_exception=False
-            )
-        return engine, cfg
 
     def _progress_fn(self, progress: Callable | None) -> Callable[[str, int, int], None]:
         def report(stage: str, done: int, total: int) -> None:
@@ -271,9 +348,9 @@ class UIHandlers:
         gallery = [(str(p), caption) for p, caption in views]
         return result, glb, gallery, glb, status_text(result, export_s=export_s), self.model_status_md()
 
-    def _fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
+    def fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
         """An exception -> the page's error: a :class:`UserError`'s (or OS error's) own message, else
-        an internal error whose short id finds the traceback in the log."""
+        an internal error whose short id finds the traceback in the log. Its title is ``<what> failed``."""
         title = f"{what} failed"
         if not isinstance(e, (UserError, OSError)):
             eid = internal_error_id()
@@ -281,38 +358,38 @@ class UIHandlers:
             message = (
                 f"Internal error {eid}: this is a bug, not your input. The server log has the details under {eid}."
             )
-            return gr.Error(message, title=title, duration=None, print_exception=False)
+            return gr.Error(message, title=title, duration=TOAST_S, print_exception=False)
         message = " ".join(str(e).split()) or type(e).__name__
         if job_dir is not None:  # server paths mean nothing to the user: keep the file names
             for folder in (job_dir / "inputs", job_dir):
                 message = message.replace(f"{folder}{os.sep}", "").replace(str(folder), "")
         logger.warning("%s: %s", title, message)
-        return gr.Error(message, title=title, duration=None, print_exception=False)
+        return gr.Error(message, title=title, duration=TOAST_S, print_exception=False)
+
+    _fail = fail
 
     def reconstruct(self, files: Any, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings: Any):  # noqa: B008 (Gradio idiom)
-        """Run button / ``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
+        """``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
         paths = _file_paths(files)
-        if not paths:
-            raise gr.Error(
-                "Upload one or more photos first (drag them onto the upload area).",
-                title="No images",
-                print_exception=False,
-            )
-        if len(paths) > self.cfg.ui.max_images:
-            raise gr.Error(
-                f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
-                title="Too many images",
-                print_exception=False,
-            )
-        engine, cfg = self._settings(settings)
-        session = getattr(request, "session_hash", None) or "anonymous"
-        job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
-        self.sessions.add(session, job.id)
+        engine, cfg = self.check_run(paths, settings)
+        job = self.new_job(cfg, _session(request))
         try:
             result = self.pipeline.reconstruct(paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress))
             return self._outputs(result)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Reconstruction", job.dir) from e
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Reconstruction", job.dir) from e
+
+    @staticmethod
+    def check_realign(result: Result | None) -> Path:
+        """The saved pair predictions of ``result``, or a gr.Error unless it is a DUSt3R run whose
+        pairs are still on disk."""
+        if result is None or result.pairs_path is None or not Path(result.pairs_path).is_file():
+            raise gr.Error(
+                "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
+                title="Nothing to re-align",
+                print_exception=False,
+            )
+        return Path(result.pairs_path)
 
     def realign(
         self,
@@ -321,25 +398,18 @@ class UIHandlers:
         progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio idiom)
         **settings: Any,
     ):
-        """Re-align button / ``/realign``: the last DUSt3R run's pairs with new alignment settings."""
-        if result is None or result.pairs_path is None or not Path(result.pairs_path).is_file():
-            raise gr.Error(
-                "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
-                title="Nothing to re-align",
-                print_exception=False,
-            )
+        """``/realign``: the last DUSt3R run's pairs with new alignment settings."""
+        pairs = self.check_realign(result)
         _engine, cfg = self._settings(settings)
-        session = getattr(request, "session_hash", None) or "anonymous"
-        job = self.pipeline.new_job(cfg, protected=self.sessions.protected())
-        self.sessions.add(session, job.id)
+        job = self.new_job(cfg, _session(request))
         try:
-            new = self.pipeline.realign(result.pairs_path, cfg, job=job, progress=self._progress_fn(progress))
+            new = self.pipeline.realign(pairs, cfg, job=job, progress=self._progress_fn(progress))
             return self._outputs(new)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Re-alignment", job.dir) from e
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Re-alignment", job.dir) from e
 
     def render(self, result: Result | None, **display: Any):
-        """Display change / ``/render``: re-export the GLB from the kept scene (no re-run).
+        """Display change: re-export the GLB from the kept scene (no re-run).
 
         Returns (viewer GLB, GLB download, status); before any result, nothing changes.
         """
@@ -347,27 +417,54 @@ class UIHandlers:
             return gr.skip(), gr.skip(), gr.skip()
         try:
             post, viz = display_config(result.settings, display)
+            kept = kept_points(result, post)
+            if kept == 0 and not viz.show_cameras:
+                raise gr.Error(_NOTHING_TO_DRAW, title="Nothing to draw", print_exception=False)
             t0 = time.perf_counter()
             files = self.pipeline.export(result, post, viz, ("glb",))
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Display update") from e
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Display update") from e
         glb = str(files["glb"])
-        return glb, glb, status_text(result, export_s=time.perf_counter() - t0)
+        return glb, glb, status_text(result, export_s=time.perf_counter() - t0, kept=kept)
 
     def package(self, result: Result | None, **display: Any):
-        """``/package``: every format with these display settings, zipped -> the zip's path.
+        """Every format with these display settings, zipped -> the zip's path (before any result: nothing).
 
-        Runs after each reconstruction and display change (chained), so the zip download always
-        matches what the viewer shows.
+        Runs after each reconstruction and display change, so the zip download always matches
+        what the viewer shows.
         """
         if result is None:
             return gr.skip()
         try:
             post, viz = display_config(result.settings, display)
+            if kept_points(result, post) == 0:
+                raise gr.Error(_NOTHING_TO_DRAW, title="Nothing to package", print_exception=False)
             files = self.pipeline.export(result, post, viz, EXPORT_FORMATS)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Packaging") from e
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Packaging") from e
         return str(files["zip"])
+
+    @staticmethod
+    def _need_result(result: Result | None, endpoint: str) -> Result:
+        if result is None:
+            raise gr.Error(
+                f"{endpoint} needs a reconstruction in this session: call /reconstruct first.",
+                title="Nothing to show",
+                print_exception=False,
+            )
+        return result
+
+    def api_render(self, result: Result | None, **display: Any):
+        """``/render``: :meth:`render`, and an error before any reconstruction."""
+        return self.render(self._need_result(result, "/render"), **display)
+
+    def api_package(self, result: Result | None, **display: Any):
+        """``/package``: :meth:`package`, and an error before any reconstruction."""
+        return self.package(self._need_result(result, "/package"), **display)
 
     def unload(self, request: gr.Request) -> None:
         """Tab closed: release the session's jobs (delete them unless ``keep_session_jobs``)."""
@@ -409,3 +506,8 @@ class UIHandlers:
     def graph_visibility(kind: str):
         window = kind in ("swin", "logwin")
         return gr.Slider(visible=window), gr.Checkbox(visible=window), gr.Slider(visible=kind == "oneref")
+
+
+def _session(request: Any) -> str:
+    """The browser session's id (``anonymous`` without one)."""
+    return getattr(request, "session_hash", None) or "anonymous"
