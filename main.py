@@ -252,8 +252,7 @@ def _write_outputs(result, cfg: AppConfig, formats: Sequence[str], out_dir: Path
 def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str:
     names = sorted({_rel(p, out_dir) for p in files.values()} | {"manifest.json"})
     lines = [f"wrote {out_dir}: {', '.join(names)} ({result.scene.n_views} views, {result.engine}, {total:.1f} s)"]
-    if result.scene.warnings:  # each was logged once on stderr as it happened
-        lines.append(f"{len(result.scene.warnings)} warning(s), listed above")
+    lines += [f"warning: {w}" for w in result.scene.warnings]  # printed here only (the pipeline logs them at info)
     return "\n".join(lines) + "\n"
 
 

@@ -278,8 +278,8 @@ def _run_job(
     write_manifest(
         job, cfg=cfg, engine=cfg.engine, status="done", timings=timings, scene=scene, files=files, extra=extra
     )
-    for w in scene.warnings:
-        logger.warning("%s", w)
+    for w in scene.warnings:  # the caller shows them (CLI summary, page messages): logged once, at info
+        logger.info("warning: %s", w)
     return Result(scene=scene, job=job, engine=cfg.engine, timings=timings, pairs_path=pairs_path, settings=cfg)
 
 

@@ -214,12 +214,13 @@ class LivePage:
         return plan_html(self._estimate(cfg, engine, len(paths)), cfg)
 
     def example(self):
-        """The example scene: (uploads value, engine): COLMAP when DUSt3R cannot run here."""
+        """The example scene: (uploads value, engine). COLMAP when it is installed: it needs no
+        weights and takes seconds on a CPU; else the engine stays as chosen."""
         files = [str(p) for p in example_files()[: self.h.cfg.ui.max_images]]
         if not files:
             raise gr.Error("The example scene is missing (assets/examples/box).", print_exception=False)
-        engine = gr.skip() if self.h.dust3r_availability() is None else "colmap"
-        return files, engine
+        colmap_ready = "colmap" in self.h.pipeline.engines and self.h.availability().get("colmap") is None
+        return files, "colmap" if colmap_ready else gr.skip()
 
     # -- runs ------------------------------------------------------------------------------
     def run(self, files: Any, result: Result | None, shown: dict | None, request: gr.Request, **settings: Any):
@@ -242,7 +243,7 @@ class LivePage:
                 paths, cfg, engine=engine, job=job, progress=run.report, cancel=run.cancelled
             )
 
-        yield from self._drive(session, run, work, "Reconstruction", job.dir, result)
+        yield from self._drive(session, run, work, "Reconstruction", job.dir, result, shown)
 
     def realign(self, result: Result | None, shown: dict | None, request: gr.Request, **settings: Any):
         """Re-align button: the last DUSt3R run's pairs with the alignment settings, live."""
@@ -261,7 +262,7 @@ class LivePage:
         def work() -> Result:
             return self.h.pipeline.realign(pairs, cfg, job=job, progress=run.report, cancel=run.cancelled)
 
-        yield from self._drive(session, run, work, "Re-alignment", job.dir, result)
+        yield from self._drive(session, run, work, "Re-alignment", job.dir, result, shown)
 
     def cancel(self, request: gr.Request):
         """Cancel button: the session's run stops after its current step."""
@@ -277,7 +278,9 @@ class LivePage:
         what: str,
         job_dir: Path,
         previous: Result | None,
+        shown: dict | None,
     ) -> Iterator[tuple]:
+        """Run ``work`` in a thread, yielding its progress; then the result, or the failure."""
         box: dict[str, Any] = {}
 
         def target() -> None:
@@ -301,9 +304,16 @@ class LivePage:
                     yield _run(**self._progress(run))
             if "error" in box:
                 yield from self._failed(session, run, box["error"], what, job_dir, previous)
-            else:
-                self.calib.learn(run.estimate, box["result"].timings)
-                yield from self._show(session, box["result"], None, run)
+                return
+            self.calib.learn(run.estimate, box["result"].timings)
+            try:
+                yield from self._show(session, box["result"], shown, run)
+            except Exception as e:  # noqa: BLE001 - the run is saved; showing it failed: say so, free the buttons
+                yield _run(**self._idle_buttons(previous))
+                if isinstance(e, gr.Error):
+                    raise
+                message = self.h.fail(e, "Showing the result").message
+                raise self.error(session, "Showing the result failed", message) from e
         finally:
             if worker.is_alive():  # the page went away mid-run: stop the worker at its next step
                 run.cancel()

@@ -299,9 +299,15 @@ class ProgressView:
     cancelling: bool
 
 
+_RENAMED = {"outputs": "Saving the scene"}
+"""Pipeline stages the page names more precisely (it splits "Writing outputs" into its own steps)."""
+
+
 def _label(stage: str, done: int, total: int) -> str:
     if stage in PAGE_STAGES:
         return PAGE_STAGES[stage]
+    if stage in _RENAMED:
+        return _RENAMED[stage]
     if stage in _UNCOUNTED and total <= 1:
         return STAGE_LABELS.get(stage, stage)
     return stage_label(stage, done, total)

@@ -399,7 +399,10 @@ def _hub_files(repo_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
         RevisionNotFoundError,
     )
 
-    cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in _HUB_FILES]
+    try:
+        cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in _HUB_FILES]
+    except HFValidationError as e:
+        raise CheckpointError(f"{repo_id!r} is not a valid hub repo id: {e}") from e
     if not all(isinstance(c, str) and Path(c).is_file() for c in cached) and not _hub_offline() and not hub_reachable():
         raise CheckpointError(_unreachable_message(repo_id, cache_dir))  # at once, not after the hub's retries
     paths = []

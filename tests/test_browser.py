@@ -288,6 +288,7 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     page.wait_for_function(
         "document.querySelector('#run-status').innerText.includes('Global alignment')", timeout=120_000
     )
+    page.evaluate("window.scrollTo(0, 0)")
     shots("running")
     page.click("#cancel-btn")
     _wait_done(page, "Cancelled")
@@ -297,7 +298,6 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     niter.press("Enter")
 
     # the example: one click loads a ready scene and runs it, with the offline engine (COLMAP)
-    page.locator("#engine label", has_text="COLMAP").click()
     page.click("#example-btn")
     page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 8", timeout=60_000)
     _wait_done(page)

@@ -131,7 +131,9 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
     src = tmp_path / "noimg.npz"
     np.savez(src, **arrays)
     assert cli.main(["align", str(src), "--output", str(tmp_path / "o"), "--niter", "10"]) == 0
-    assert "points are grey" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "points are grey" in captured.out
+    assert "points are grey" not in captured.err  # warnings print once
     with np.load(tmp_path / "o" / "scene.npz") as scene:
         img = scene["image_0"]
         assert (img == img[..., :1]).all()
@@ -282,3 +284,25 @@ def test_startup_tunes_the_cpu_allocator_before_any_thread(monkeypatch, enabled:
     monkeypatch.setattr(runtime, "tune_cpu_allocator", lambda: calls.append(1) or True)
     cli._configure(False, "reconstruct", enabled)
     assert calls == ([1] if enabled else [])
+
+
+def test_export_all_says_on_stderr_which_formats_this_engine_skips(tmp_path: Path, capsys) -> None:
+    """``--export all`` on a COLMAP (sparse) scene: one stderr line per skipped format with the
+    reason; the scene's warnings are in the summary once."""
+    import dataclasses
+    import time
+
+    import pipeline
+    from config import AppConfig
+    from tests.core.scene_factory import make_sparse_scene
+
+    scene, _ = make_sparse_scene()
+    scene = dataclasses.replace(scene, engine="colmap", warnings=("view_2.png did not register",))
+    job = pipeline.job_in_folder(tmp_path / "out")
+    result = pipeline.Result(scene, job, "colmap", {"total": 1.0}, None, AppConfig())
+    files = cli._write_outputs(result, AppConfig(), cli._formats("all"), job.dir, time.perf_counter())
+    err = capsys.readouterr().err
+    assert err.count("skipped obj for the colmap engine: no mesh") == 1
+    assert err.count("skipped depth for the colmap engine: no depth or confidence maps") == 1
+    assert "obj" not in files and "depth" not in files and "ply" in files
+    assert cli._summary(job.dir, files, result, 1.0).count("did not register") == 1

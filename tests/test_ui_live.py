@@ -281,7 +281,7 @@ def test_the_example_is_ours_and_runs_offline(live: LivePage) -> None:
     assert len(files) == 8 and all(p.suffix == ".jpg" and p.stat().st_size < 100_000 for p in files)
     value, engine = live.example()
     assert value == [str(p) for p in files[:4]]  # this page allows 4 photos per run
-    assert _skipped(engine)  # DUSt3R is available here; without it the example selects COLMAP
+    assert engine == "colmap"  # no weights, seconds on a CPU
 
 
 def test_reload_restores_the_last_result_or_says_it_is_gone(live: LivePage, first, tmp_path: Path) -> None:
