@@ -149,9 +149,12 @@ class _Shots:
         self.page, self.folder = page, folder
         self.target = Path(os.environ["SCREENSHOT_PATH"]) if os.environ.get("SCREENSHOT_PATH") else None
 
-    def __call__(self, name: str, main: bool = False) -> Path:
+    def __call__(self, name: str, main: bool = False, selector: str | None = None) -> Path:
         shot = self.folder / f"{name}.png"
-        self.page.screenshot(path=str(shot))
+        if selector is None:
+            self.page.screenshot(path=str(shot))
+        else:
+            self.page.locator(selector).first.screenshot(path=str(shot))
         assert shot.stat().st_size > 10_000
         if self.target is not None:
             dest = self.target if main else self.target.with_name(f"{self.target.stem}-{name}.png")
@@ -234,7 +237,7 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     keyed = _wait_points_change(page, typed)
     assert keyed < typed and number.input_value() == "4.5"
     page.wait_for_function("!document.querySelector('#download-zip').disabled", timeout=60_000)
-    shots("display")
+    shots("gallery", selector="#views")
 
     # fullscreen toggle, then Escape
     page.evaluate("window.scrollTo(0, 0)")
@@ -317,3 +320,38 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     _wait_rendered(page)
     assert not errors, errors
     page.close()
+
+
+def test_viewer_frames_the_bulk_of_the_points_not_stray_ones(browser, tmp_path: Path) -> None:
+    """A model with three stray points 60x farther than the rest: the camera frames the rest."""
+    import gradio as gr
+
+    from gradio_ui import ASSETS_DIR
+    from tests.live_app import free_port
+
+    rng = np.random.default_rng(0)
+    points = np.vstack([rng.normal(0, 0.5, (4000, 3)), [[40, 0, 0], [0, 35, 0], [-30, -30, 10]]])
+    cloud = trimesh.PointCloud(points, colors=np.tile([200, 100, 50, 255], (len(points), 1)))
+    glb = tmp_path / "stray.glb"
+    trimesh.Scene({"points": cloud}).export(glb)
+    script = (ASSETS_DIR / "viewer.js").read_text(encoding="utf-8")
+    with gr.Blocks() as demo:
+        gr.Model3D(value=str(glb), label="3D model · 20260101-000000-0123abcd", elem_id="viewer", height=400)
+    demo.launch(
+        prevent_thread_lock=True,
+        quiet=True,
+        server_port=free_port(),
+        head=f"<script>{script}</script>",
+        allowed_paths=[str(tmp_path)],
+    )
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(demo.local_url)
+        cam = _stable_camera(page)
+        core = np.percentile(points, 98, axis=0) - np.percentile(points, 2, axis=0)
+        assert cam["radius"] == pytest.approx(1.1 * np.linalg.norm(core), rel=0.15)  # not ~1.1 * 80
+        assert np.linalg.norm(cam["target"]) < 0.2
+        _wait_rendered(page)
+        page.close()
+    finally:
+        demo.close()
