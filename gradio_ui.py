@@ -22,6 +22,7 @@ per device (``cfg.ui.concurrency_limit``).
 from __future__ import annotations
 
 import logging
+import secrets
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -38,13 +39,15 @@ from core.inputs.video import VIDEO_EXTENSIONS
 from pipeline import Pipeline
 from ui_handlers import (
     _ZIP_LABEL,
-    VIDEO_KEYS,
     SessionJobs,
     UIHandlers,
     display_config,
     setting_widget,
     settings_to_config,
 )
+from ui_live import DISPLAY_LABELS, RUN_OUTPUTS, LivePage
+from ui_uploads import EXAMPLE_DIR
+from ui_wiring import wire_api, wire_page, wire_preview
 from web_guard import RequestGuard
 
 __all__ = [
@@ -55,6 +58,7 @@ __all__ = [
     "settings_to_config",
     "display_config",
     "ASSETS_DIR",
+    "LivePage",
 ]
 
 logger = logging.getLogger(__name__)
@@ -62,8 +66,8 @@ logger = logging.getLogger(__name__)
 ASSETS_DIR = Path(__file__).resolve().parent / "assets"
 
 ENGINE_CHOICES = [
-    ("DUSt3R · neural, works from 2 photos", "dust3r"),
-    ("COLMAP · classical SfM, no weights needed", "colmap"),
+    ("DUSt3R · neural, from 2 photos", "dust3r"),
+    ("COLMAP · classical, no weights", "colmap"),
 ]
 GRAPH_CHOICES = [
     ("auto · complete for photos, a log window over time for video frames", "auto"),
@@ -102,8 +106,8 @@ _HEADER = """
 
 _HOWTO = """
 <div id="howto">
-  <div class="step"><span>1</span><b>Add photos or a video</b> 2 or more overlapping views of one object or scene, or a short clip moving around it.</div>
-  <div class="step"><span>2</span><b>Reconstruct</b> defaults work; the first DUSt3R run loads the network.</div>
+  <div class="step"><span>1</span><b>Add photos or a video</b> 2 or more overlapping views of one object or scene, a short clip moving around it, or try the example.</div>
+  <div class="step"><span>2</span><b>Reconstruct</b> the card shows the stage and the time left; Cancel keeps the previous result.</div>
   <div class="step"><span>3</span><b>Explore &amp; download</b> drag to orbit, ⤢ for fullscreen (Esc exits); GLB or the full zip.</div>
 </div>
 """
@@ -131,6 +135,24 @@ def _default_engine(avail: Mapping[str, str | None]) -> tuple[str, str]:
     return "dust3r", f"**No engine is ready.** DUSt3R: {dust3r} COLMAP: {colmap}"
 
 
+_SCRIPTS = ("fullscreen.js", "page.js", "viewer.js")
+"""Scripts put in the page's <head>: fullscreen viewer, slider keys, the viewer's camera."""
+_LAST_JOB_KEY = "dust3r-studio-last-job"
+
+
+def _browser_secret(output_root: Path) -> str:
+    """The key that encrypts the last job id kept in the browser, stable across restarts of this
+    output folder (so a reload after a restart still finds the job)."""
+    path = Path(output_root) / ".page-secret"
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError:
+        secret = secrets.token_urlsafe(24)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secret + "\n", encoding="utf-8")
+        return secret
+
+
 def _read_asset(name: str) -> str:
     path = ASSETS_DIR / name
     return path.read_text(encoding="utf-8") if path.is_file() else ""
@@ -153,7 +175,7 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
     """
     output_root = Path(cfg.jobs.output_root).resolve()
     output_root.mkdir(parents=True, exist_ok=True)
-    script = _read_asset("fullscreen.js")
+    script = "\n".join(_read_asset(name) for name in _SCRIPTS)
     guard = Middleware(
         RequestGuard,
         output_root=output_root,
@@ -168,7 +190,7 @@ def launch_kwargs(cfg: AppConfig) -> dict[str, Any]:
         "theme": _theme(),
         "css_paths": [ASSETS_DIR / "style.css"],
         "head": f"<script>{script}</script>" if script else None,
-        "allowed_paths": [str(output_root)],
+        "allowed_paths": [str(output_root), str(EXAMPLE_DIR)],
         "max_file_size": int(cfg.ui.max_upload_mb * 1024 * 1024),
         "footer_links": ["api"],
         "show_error": True,
@@ -187,60 +209,11 @@ def _video_widgets(cfg: AppConfig) -> dict[str, Any]:
     return dict(fps=fps, max_frames=max_frames, sharpest=sharpest, skip_static=skip_static)
 
 
-def _wire_preview(handlers: UIHandlers, files, thumbs, plan_md, run_inputs: Mapping[str, Any]) -> None:
-    """Uploads and settings -> thumbnails (``/thumbnails``) -> the line before running (``/plan``).
-
-    Video settings, the engine and the image size re-sample the videos (cached per file and
-    options); the scene-graph settings only redo the plan line.
-    """
-    preview_keys = (*VIDEO_KEYS, "engine", "image_size")
-    preview_inputs = {k: run_inputs[k] for k in preview_keys}
-    plan_inputs = {k: run_inputs[k] for k in (*preview_keys, "scene_graph", "window_size", "cyclic", "ref_image")}
-    common = dict(queue=False, show_progress="minimal", trigger_mode="always_last")
-
-    def preview_then_plan(triggers: list, public: bool) -> None:
-        names = dict(api_visibility="public") if public else dict(api_visibility="private")
-        gr.on(
-            triggers,
-            handlers.thumbnails,
-            inputs=[files],
-            inputs_kwargs=preview_inputs,
-            outputs=thumbs,
-            **({"api_name": "thumbnails"} if public else {}),
-            **names,
-            **common,
-        ).success(
-            handlers.plan,
-            inputs=[files],
-            inputs_kwargs=plan_inputs,
-            outputs=plan_md,
-            **({"api_name": "plan"} if public else {}),
-            **names,
-            **common,
-        )
-
-    preview_then_plan([files.change], public=True)
-    preview_then_plan(
-        [run_inputs[k].input for k in ("sharpest", "skip_static", "engine", "image_size")]
-        + [run_inputs[k].change for k in ("fps", "max_frames")],  # typed numbers fire no release
-        public=False,
-    )
-    gr.on(
-        [run_inputs[k].input for k in ("scene_graph", "cyclic")]
-        + [run_inputs[k].release for k in ("window_size", "ref_image")],
-        handlers.plan,
-        inputs=[files],
-        inputs_kwargs=plan_inputs,
-        outputs=plan_md,
-        api_visibility="private",
-        **common,
-    )
-
-
 def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     """The page (never launched here; see :func:`launch_kwargs`)."""
     handlers = UIHandlers(cfg, pipeline)
-    avail = pipeline.availability()
+    live = LivePage(handlers)
+    avail = handlers.availability()
     engine0, notice = _default_engine(avail)
     max_age_s = int(cfg.jobs.max_age_hours * 3600)
     sizes = sorted({*IMAGE_SIZES, cfg.preprocess.image_size}, reverse=True)
@@ -251,34 +224,30 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
     ) as demo:
         # the session's result: its job is protected from cleanup for as long as this state lives
         result_state = gr.State(None, time_to_live=max_age_s, delete_callback=handlers.release_result)
+        shown_state = gr.State(None)
+        last_job = gr.BrowserState(None, storage_key=_LAST_JOB_KEY, secret=_browser_secret(cfg.jobs.output_root))
         gr.HTML(_HEADER)
         gr.HTML(_HOWTO)
         gr.Markdown(notice, visible=bool(notice), elem_id="notice")
 
         with gr.Row(equal_height=False, elem_id="main-row"):
-            # ---------------- left: inputs and settings ----------------
+            # ---------------- left: inputs, the run card, settings ----------------
             with gr.Column(scale=4, min_width=340, elem_id="left-panel"):
                 with gr.Column(scale=0, elem_id="photos-panel"):
-                    gr.Markdown("### Photos & videos", elem_classes="panel-title")
+                    with gr.Row(elem_id="photos-head"):
+                        gr.Markdown("### Photos & videos", elem_classes="panel-title")
+                        example_btn = gr.Button("▶ Try the example scene", size="sm", elem_id="example-btn")
                     files = gr.File(
                         file_count="multiple",
                         file_types=[*IMAGE_EXTENSIONS, *VIDEO_EXTENSIONS],
                         label="Drop photos or videos here",
                         show_label=False,
-                        height=150,
+                        height=120,
                         elem_id="upload",
                     )
-                    thumbs = gr.Gallery(
-                        label="Uploaded",
-                        show_label=False,
-                        columns=5,
-                        fit_columns=False,
-                        height=124,
-                        object_fit="cover",
-                        allow_preview=False,
-                        elem_id="thumbs",
-                        visible=False,
-                    )
+                    thumbs = gr.HTML("", visible=False, elem_id="thumbs")
+                    api_thumbs = gr.Gallery(label="Uploaded", visible=False, elem_id="api-thumbs")
+                    upload_note = gr.Markdown("", visible=False, elem_id="upload-note")
                     plan_md = gr.Markdown("", elem_id="plan")
                 with gr.Accordion("Video", open=False, elem_id="video-settings"):
                     video = _video_widgets(cfg)
@@ -294,7 +263,15 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         info=None,
                         elem_id="engine",
                     )
-                    model_md = gr.Markdown(handlers.model_status_md(), elem_id="model-status")
+                    model_md = gr.HTML(live.model_html(engine0), elem_id="model-status")
+                with gr.Column(scale=0, elem_id="run-card"):
+                    with gr.Row(elem_id="run-row"):
+                        run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn", scale=3)
+                        cancel_btn = gr.Button("Cancel", variant="stop", visible=False, elem_id="cancel-btn", scale=1)
+                    run_status = gr.HTML(
+                        "<div class='plan'>Add photos (or try the example) to see how long a run takes here.</div>",
+                        elem_id="run-status",
+                    )
                 with gr.Accordion("Network input", open=False, visible=engine0 == "dust3r") as acc_input:
                     checkpoint = gr.Dropdown(
                         _model_choices(cfg),
@@ -326,8 +303,10 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     ref_image = setting_widget(
                         cfg, "ref_image", "Reference image index", maximum=ui.max_images - 1, visible=kind == "oneref"
                     )
-                with gr.Accordion("Global alignment", open=False, visible=engine0 == "dust3r") as acc_align:
-                    niter = setting_widget(cfg, "niter", "Iterations", maximum=ui.max_niter, step=10)
+                with gr.Accordion(
+                    "Global alignment", open=False, visible=engine0 == "dust3r", elem_id="global-alignment"
+                ) as acc_align:
+                    niter = setting_widget(cfg, "niter", "Iterations", maximum=ui.max_niter, step=10, elem_id="niter")
                     schedule = setting_widget(cfg, "schedule", "Learning-rate schedule")
                     lr = setting_widget(cfg, "lr", "Learning rate", step=0.001)
                     init_conf_thr = setting_widget(
@@ -349,7 +328,6 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     mvs_size = setting_widget(
                         cfg, "mvs_size", "Dense working size (long side, px)", maximum=2048, step=32
                     )
-                run_btn = gr.Button("Reconstruct", variant="primary", size="lg", elem_id="run-btn")
 
             # ---------------- right: results ----------------
             with gr.Column(scale=7, min_width=420, elem_id="right-panel"):
@@ -368,42 +346,67 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         "Download GLB", value=None, interactive=False, variant="primary", elem_id="download-glb"
                     )
                     zip_btn = gr.DownloadButton(_ZIP_LABEL, value=None, interactive=False, elem_id="download-zip")
-                    realign_btn = gr.Button("Re-align (no network)", visible=engine0 == "dust3r", elem_id="realign-btn")
+                    realign_btn = gr.Button(
+                        "Re-align (no network)", visible=engine0 == "dust3r", interactive=False, elem_id="realign-btn"
+                    )
                 with gr.Accordion("Display · updates the model without re-running", open=True, elem_id="display"):
+                    display_note = gr.Markdown("", visible=False, elem_id="display-note")
+                    labels = DISPLAY_LABELS
                     with gr.Row():
                         min_conf_thr = setting_widget(
-                            cfg, "min_conf_thr", "Confidence threshold", minimum=1.0, maximum=ui.max_conf_thr
+                            cfg,
+                            "min_conf_thr",
+                            labels["min_conf_thr"],
+                            minimum=1.0,
+                            maximum=ui.max_conf_thr,
+                            elem_id="min-conf-thr",
                         )
                         cam_size = setting_widget(
-                            cfg, "cam_size", "Camera size", minimum=0.001, maximum=ui.max_cam_size, step=0.001
+                            cfg,
+                            "cam_size",
+                            labels["cam_size"],
+                            minimum=0.001,
+                            maximum=ui.max_cam_size,
+                            step=0.001,
+                            elem_id="cam-size",
                         )
                     with gr.Row():
                         view_mode = setting_widget(
                             cfg,
                             "view_mode",
-                            "Show as",
+                            labels["view_mode"],
                             choices=[
                                 ("Mesh", "mesh"), ("Point cloud", "pointcloud"), ("Surface", "surface"),
                                 ("Voxels", "voxels"),
                             ],
                             info="Surface: one fused surface (TSDF); voxels: an N³ grid. Both need dense depth.",
+                            elem_id="view-mode",
                         )  # fmt: skip
                         with gr.Column():
-                            show_cameras = setting_widget(cfg, "show_cameras", "Show cameras", info=None)
-                            cam_transparent = setting_widget(cfg, "cam_transparent", "Transparent cameras", info=None)
-                            cam_image = setting_widget(cfg, "cam_image", "Photos on cameras", info=None)
+                            show_cameras = setting_widget(
+                                cfg, "show_cameras", labels["show_cameras"], info=None, elem_id="show-cameras"
+                            )
+                            cam_transparent = setting_widget(
+                                cfg, "cam_transparent", labels["cam_transparent"], info=None
+                            )
+                            cam_image = setting_widget(cfg, "cam_image", labels["cam_image"], info=None)
                     with gr.Row():
-                        clean_depth = setting_widget(cfg, "clean_depth", "Clean-up")
-                        outlier_removal = setting_widget(cfg, "outlier_removal", "Remove outliers")
-                        largest_component = setting_widget(cfg, "largest_component", "Main object only")
-                        mask_sky = setting_widget(cfg, "mask_sky", "Remove sky", info=None)
+                        clean_depth = setting_widget(cfg, "clean_depth", labels["clean_depth"])
+                        outlier_removal = setting_widget(cfg, "outlier_removal", labels["outlier_removal"])
+                        largest_component = setting_widget(cfg, "largest_component", labels["largest_component"])
+                        mask_sky = setting_widget(cfg, "mask_sky", labels["mask_sky"], info=None)
                     with gr.Row():
-                        surface_res = setting_widget(cfg, "surface_res", "Surface resolution", step=16)
-                        watertight = setting_widget(cfg, "watertight", "Watertight")
-                        voxel_res = setting_widget(cfg, "voxel_res", "Voxel grid N", step=8)
+                        surface_res = setting_widget(cfg, "surface_res", labels["surface_res"], step=16)
+                        watertight = setting_widget(cfg, "watertight", labels["watertight"])
+                        voxel_res = setting_widget(cfg, "voxel_res", labels["voxel_res"], step=8)
                 gallery = gr.Gallery(
-                    label="Views · RGB, depth, confidence", columns=3, height=300, object_fit="contain", elem_id="views"
+                    label="Views · RGB, depth, confidence",
+                    columns=3,
+                    height="auto",
+                    object_fit="contain",
+                    elem_id="views",
                 )
+                api_hooks = gr.Button("api", visible=False, elem_id="api-hooks")
 
         run_inputs = dict(
             engine=engine,
@@ -442,68 +445,46 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             watertight=watertight,
             voxel_res=voxel_res,
         )
-        outputs = [result_state, viewer, gallery, glb_btn, status, model_md]
-        package = dict(
-            fn=handlers.package,
-            inputs=[result_state],
-            inputs_kwargs=display_inputs,
-            outputs=[zip_btn],
-            concurrency_limit=4,
-            concurrency_id="display",
-            show_progress="hidden",
+        comps: dict[str, Any] = dict(
+            result=result_state,
+            shown=shown_state,
+            last_job=last_job,
+            viewer=viewer,
+            gallery=gallery,
+            glb=glb_btn,
+            zip=zip_btn,
+            status=status,
+            model=model_md,
+            progress=run_status,
+            run_btn=run_btn,
+            cancel_btn=cancel_btn,
+            realign_btn=realign_btn,
+            display_note=display_note,
+            files=files,
+            thumbs=thumbs,
+            api_thumbs=api_thumbs,
+            upload_note=upload_note,
+            plan=plan_md,
+            engine=engine,
+            checkpoint=checkpoint,
+            example_btn=example_btn,
+            **display_inputs,
         )
-
-        _wire_preview(handlers, files, thumbs, plan_md, run_inputs)
-        for button, fn, first_input, name in (
-            (run_btn, handlers.reconstruct, files, "reconstruct"),
-            (realign_btn, handlers.realign, result_state, "realign"),
-        ):
-            button.click(
-                fn,
-                inputs=[first_input],
-                inputs_kwargs={**run_inputs, **display_inputs},
-                outputs=outputs,
-                api_name=name,
-                concurrency_limit=ui.concurrency_limit,
-                concurrency_id="device",
-                show_progress_on=[viewer],
-            ).success(handlers.glb_ready, outputs=[glb_btn, zip_btn], queue=False, api_visibility="private").success(
-                **package, api_name=f"{name}_package", api_visibility="private"
-            ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
-        display_triggers = [
-            min_conf_thr.release,
-            cam_size.release,
-            view_mode.input,
-            show_cameras.input,
-            cam_transparent.input,
-            cam_image.input,
-            clean_depth.input,
-            outlier_removal.input,
-            largest_component.input,
-            mask_sky.input,
-            surface_res.release,
-            watertight.input,
-            voxel_res.release,
-        ]
-        gr.on(
-            display_triggers,
-            handlers.render,
-            inputs=[result_state],
-            inputs_kwargs=display_inputs,
-            outputs=[viewer, glb_btn, status],
-            api_name="render",
-            trigger_mode="always_last",
-            concurrency_limit=4,
-            concurrency_id="display",
-            show_progress="minimal",
-            show_progress_on=[viewer],
-        ).success(handlers.zip_busy, outputs=[zip_btn], queue=False, api_visibility="private").success(
-            **package, api_name="package", trigger_mode="always_last"
-        ).success(handlers.zip_ready, outputs=[zip_btn], queue=False, api_visibility="private")
+        wire_api(api_hooks, handlers, comps, run_inputs, display_inputs, ui.concurrency_limit)
+        wire_page(live, comps, run_inputs, display_inputs, ui.concurrency_limit)
+        wire_preview(live, handlers, comps, run_inputs)
         engine.change(
             handlers.engine_visibility,
             inputs=engine,
             outputs=[acc_input, acc_pairs, acc_align, acc_colmap, realign_btn],
+            queue=False,
+            api_visibility="private",
+        )
+        gr.on(
+            [engine.change, checkpoint.change],
+            live.model_html,
+            inputs=[engine, checkpoint],
+            outputs=model_md,
             queue=False,
             api_visibility="private",
         )
@@ -514,7 +495,26 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             queue=False,
             api_visibility="private",
         )
-        demo.load(handlers.model_status_md, outputs=model_md, queue=False, api_visibility="private")
-        demo.unload(handlers.unload)
+        plan_triggers = [
+            engine.change,
+            checkpoint.change,
+            image_size.change,
+            scene_graph.change,
+            window_size.release,
+            cyclic.change,
+            niter.release,
+            early_stop.change,
+        ]
+        gr.on(
+            plan_triggers,
+            live.plan,
+            inputs=[files],
+            inputs_kwargs=run_inputs,
+            outputs=run_status,
+            queue=False,
+            api_visibility="private",
+        )
+        demo.load(live.restore, inputs=[last_job], outputs=[comps[n] for n in RUN_OUTPUTS], api_visibility="private")
+        demo.unload(live.unload)
     demo.queue(max_size=ui.queue_size, default_concurrency_limit=ui.concurrency_limit)
     return demo

@@ -266,7 +266,7 @@ def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str
     for fmt, why in (exports.get("skipped") or {}).items():
         by_reason.setdefault(why, []).append(fmt)
     lines += [f"skipped {', '.join(fmts)}: {why}" for why, fmts in by_reason.items()]
-    lines += [f"warning: {w}" for w in result.scene.warnings]
+    lines += [f"warning: {w}" for w in result.scene.warnings]  # printed here only (the pipeline logs them at info)
     return "\n".join(lines) + "\n"
 
 

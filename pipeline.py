@@ -25,7 +25,7 @@ import os
 import threading
 import time
 import zipfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ from core.checkpoint import weights_availability
 from core.engines import Engine
 from core.engines import make_engines as _make_engines
 from core.engines.dust3r import Dust3rEngine, ModelStatus
-from core.errors import ImageLoadError, Interrupted, PairsFileError, ResultExpiredError, SettingsError
+from core.errors import Cancelled, ImageLoadError, Interrupted, PairsFileError, ResultExpiredError, SettingsError
 from core.inference.memory import check_alignment_memory
 from core.inputs.exif_gps import attach_gps, gps_from_manifest
 from core.inputs.plan import resolve_scene_graph, video_options, with_scene_graph
@@ -73,6 +73,7 @@ from core.runs import (
     safe_names,
     scene_masks,
 )
+from core.runs import polled as _polled
 from core.runtime import resolve_device
 from core.types import PairPredictions, ProgressFn
 from model import get_model
@@ -258,6 +259,7 @@ def reconstruct(
     exports: Sequence[str] = (),
     limits: RunLimits | None = None,
     stop: threading.Event | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Result:
     """Images -> aligned scene, as a job (see the module docstring).
 
@@ -268,6 +270,7 @@ def reconstruct(
     exports: formats of :data:`core.outputs.export.ALL_FORMATS` written with the scene, before
     the manifest says ``done`` (the CLI's ``--export``). limits: the web app's per-run limits.
     stop: set it to stop the run at its next progress report (:class:`Interrupted`).
+    cancel: asked between steps; True stops the run with :class:`core.errors.Cancelled`.
 
     Returns a frozen :class:`Result`; writes ``scene.npz`` and ``manifest.json`` (``running`` at
     the start, ``done`` after every output is in place, ``failed``/``interrupted`` with the error
@@ -281,7 +284,7 @@ def reconstruct(
     cfg, eng = dataclasses.replace(cfg, engine=name), engines[name]
     paths = check_run(image_paths, cfg, limits=limits)
     job = job if job is not None else create_job(cfg.jobs.output_root)
-    clock = StageClock(guarded_progress(progress, stop, limits))
+    clock = StageClock(_polled(guarded_progress(progress, stop, limits), cancel, STAGE_LABELS))
 
     def body(stage: Path):
         clock("prepare", 0, 1)
@@ -290,7 +293,13 @@ def reconstruct(
         run_cfg = _run_settings(cfg, images, videos)
         check_alignment_fits(check_images(images, run_cfg), run_cfg)
         clock("prepare", 1, 1)
-        scene = attach_gps(eng.reconstruct(images, run_cfg, stage, clock), images)  # EXIF GPS, by image name
+        try:
+            scene = eng.reconstruct(images, run_cfg, stage, clock)
+        except Exception as e:  # a cancel raised inside a library callback may come back wrapped (COLMAP's own)
+            if cancel is not None and not isinstance(e, Cancelled) and cancel():
+                raise Cancelled("cancelled") from e
+            raise
+        scene = attach_gps(scene, images)  # EXIF GPS, by image name
         scene = safe_names(scene, [p.name for p in (images if videos else paths)])
         scene = add_warnings(scene, [w for v in videos for w in v.warnings])
         pairs = stage / PAIRS_FILE if (stage / PAIRS_FILE).is_file() and cfg.jobs.save_pairs else None
@@ -319,6 +328,7 @@ def realign(
     exports: Sequence[str] = (),
     limits: RunLimits | None = None,
     stop: threading.Event | None = None,
+    cancel: Callable[[], bool] | None = None,
 ) -> Result:
     """Global alignment (and the scene outputs) again from saved pair predictions; no network.
 
@@ -332,7 +342,7 @@ def realign(
         raise ImageLoadError(f"pair predictions file not found: {pairs_npz}", filename=str(pairs_npz))
     cfg = dataclasses.replace(cfg, engine="dust3r")
     job = job if job is not None else create_job(cfg.jobs.output_root)
-    clock = StageClock(guarded_progress(progress, stop, limits))
+    clock = StageClock(_polled(guarded_progress(progress, stop, limits), cancel, STAGE_LABELS))
 
     def body(stage: Path):
         clock("load", 0, 1)
@@ -525,6 +535,7 @@ class Pipeline:
         progress: ProgressFn | None = None,
         exports: Sequence[str] = (),
         limits: RunLimits | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> Result:
         try:
             return reconstruct(
@@ -537,6 +548,7 @@ class Pipeline:
                 exports=exports,
                 limits=limits,
                 stop=self._stop,
+                cancel=cancel,
             )
         finally:
             self._done(job)
@@ -550,9 +562,19 @@ class Pipeline:
         progress: ProgressFn | None = None,
         exports: Sequence[str] = (),
         limits: RunLimits | None = None,
+        cancel: Callable[[], bool] | None = None,
     ) -> Result:
         try:
-            return realign(pairs_npz, cfg, job=job, progress=progress, exports=exports, limits=limits, stop=self._stop)
+            return realign(
+                pairs_npz,
+                cfg,
+                job=job,
+                progress=progress,
+                exports=exports,
+                limits=limits,
+                stop=self._stop,
+                cancel=cancel,
+            )
         finally:
             self._done(job)
 

@@ -14,31 +14,30 @@ paths; any other exception is a bug, logged with its traceback under a short id 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import re
 import shutil
-import tempfile
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 import numpy as np
-from PIL import Image, ImageOps
 
 from config import SETTINGS, AppConfig, PostprocessConfig, VizConfig, apply_settings, current_value, settings_of
+from core.checkpoint import hub_reachable, hub_repo_id
 from core.errors import ResultExpiredError, UserError, internal_error_id
-from core.inputs.plan import plan_run, video_options
-from core.inputs.preprocessing import heif_available
-from core.inputs.video import VideoError, VideoOptions, is_video, sample_video
+from core.jobs import safe_name
 from core.outputs.export import EXPORT_FORMATS
 from core.outputs.fused import FUSED_FORMATS
-from pipeline import Pipeline, Result, RunLimits, check_run, stage_label
+from pipeline import Pipeline, Result, RunLimits, check_run, scene_masks, stage_label
+from ui_uploads import file_paths as _file_paths
+from ui_video import UploadPreviews, VideoPreviews
 
 __all__ = [
     "DISPLAY_KEYS",
@@ -52,13 +51,20 @@ __all__ = [
     "setting_widget",
     "public_message",
     "status_text",
+    "kept_points",
+    "TOAST_S",
 ]
 
 logger = logging.getLogger(__name__)
 
-_THUMB_SIZE = 256
 _ZIP_LABEL = "Download all (zip)"
 _ZIP_BUSY = "Preparing zip…"
+TOAST_S = 10.0
+"""Seconds an error message stays on the page before it goes away by itself."""
+_AVAILABILITY_TTL_S = 30.0
+_NOTHING_TO_DRAW = (
+    "Nothing to draw: no point passes these display filters (lower the confidence threshold or turn filters off)."
+)
 
 #: Display settings (re-export only) and run settings (what changes the reconstruction), by flat name.
 DISPLAY_KEYS = tuple(s.name for s in settings_of("display"))
@@ -153,88 +159,6 @@ class SessionJobs:
             return frozenset(self._jobs.values())
 
 
-@dataclass(frozen=True)
-class _VideoPreview:
-    """The frames a run would keep from one video, as thumbnails."""
-
-    thumbs: tuple[tuple[np.ndarray, str], ...]
-    """(thumbnail (h, w, 3) uint8, frame file name) per kept frame, in time order."""
-    size: tuple[int, int]
-    """(W, H) of the upright frames."""
-    summary: str
-    """:meth:`core.inputs.video.VideoFrames.summary`."""
-    warnings: tuple[str, ...]
-
-
-class VideoPreviews:
-    """Kept frames of uploaded videos, sampled once per (file, options) into a temporary folder
-    below ``root`` (removed right after) and kept as thumbnails; the newest ``max_entries``
-    stay (thread-safe; one per demo)."""
-
-    def __init__(self, root: Path, max_entries: int = 8) -> None:
-        self.root = Path(root)
-        self.max_entries = max_entries
-        self._lock = threading.Lock()
-        self._cache: OrderedDict[tuple, _VideoPreview] = OrderedDict()
-
-    def get(self, path: Path, options: VideoOptions) -> _VideoPreview:
-        """The preview of ``path`` sampled with ``options``; raises VideoError for a bad video."""
-        st = Path(path).stat()
-        key = (str(path), st.st_size, st.st_mtime_ns, options)
-        with self._lock:
-            if key in self._cache:
-                self._cache.move_to_end(key)
-                return self._cache[key]
-        self.root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory(prefix="preview-", dir=self.root) as tmp:
-            frames = sample_video(path, tmp, options)
-            thumbs = tuple(
-                (_thumbnail(f.path, frames.info.width * frames.info.height), f.path.name) for f in frames.frames
-            )
-        preview = _VideoPreview(thumbs, (frames.info.width, frames.info.height), frames.summary(), frames.warnings)
-        with self._lock:
-            self._cache[key] = preview
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
-        return preview
-
-
-def _file_paths(files: Any) -> list[Path]:
-    """gr.File(file_count='multiple') value (paths, FileData dicts or objects) -> paths."""
-    if files is None:
-        return []
-    if isinstance(files, (str, Path)):
-        files = [files]
-    out = []
-    for f in files:
-        if isinstance(f, (str, Path)):
-            out.append(Path(f))
-        elif isinstance(f, Mapping) and "path" in f:
-            out.append(Path(f["path"]))
-        elif hasattr(f, "path"):
-            out.append(Path(f.path))
-        elif hasattr(f, "name"):
-            out.append(Path(f.name))
-        else:
-            raise ValueError(f"cannot read the upload {f!r}")
-    return out
-
-
-def _thumbnail(path: Path, max_pixels: int) -> np.ndarray:
-    """A small preview; images over ``max_pixels`` (the pipeline's limit) are refused from their
-    header, JPEGs are decoded at a reduced scale (``draft``), so a preview never costs more memory
-    than a run would."""
-    heif_available()  # registers the HEIC opener when pillow-heif is installed
-    with Image.open(path) as im:
-        w, h = im.size
-        if w * h > max_pixels:
-            raise ValueError(f"{w}x{h} is over the limit of {max_pixels} pixels (possible decompression bomb)")
-        im.draft("RGB", (_THUMB_SIZE, _THUMB_SIZE))
-        im = ImageOps.exif_transpose(im)
-        im.thumbnail((_THUMB_SIZE, _THUMB_SIZE))
-        return np.asarray(im.convert("RGB"))
-
-
 #: An absolute path in a message (``/srv/app/outputs/2026.../inputs/a.jpg``): users see only its last part.
 _ABS_PATH_RE = re.compile(r"(?<![\w.:/])/(?:[^/\s'\"]+/)+([^/\s'\"]*)")
 
@@ -271,28 +195,46 @@ def _units_label(scene) -> str:
     return f"metres, {float(np.max(hi - lo)):.2f} m across"
 
 
-def status_text(result: Result, *, export_s: float | None = None) -> str:
-    """One status line: views, engine, per-stage timings, job id, warnings count."""
+def kept_points(result: Result, post_cfg: PostprocessConfig) -> int:
+    """How many points these display filters keep (0: nothing but cameras to draw)."""
+    masks = scene_masks(result.scene, post_cfg)
+    if isinstance(masks, np.ndarray):
+        return int(masks.sum())
+    return int(sum(int(m.sum()) for m in masks))
+
+
+def _views_label(scene) -> str:
+    """``3 views``, or ``1 photo (paired with itself)`` for a single photo run with its copy."""
+    if scene.n_views == 2 and scene.names[1] in {copy := f"{scene.names[0]} (copy)", safe_name(copy)}:
+        return "1 photo (paired with itself)"
+    return f"{scene.n_views} views"
+
+
+def status_text(result: Result, *, export_s: float | None = None, kept: int | None = None) -> str:
+    """The status as markdown: a line with views, engine, units, total and display time (and
+    points shown), then a line with per-stage timings and the job id. No HTML."""
     scene = result.scene
     t = dict(result.timings)
     total = t.pop("total", None)
+    t.pop("export", None)
     stages = " · ".join(f"{k} {_fmt_seconds(v)}" for k, v in t.items() if v >= 0.0005)
-    what = f"{scene.n_views} views"
+    what = _views_label(scene)
     if scene.sparse is not None:
         what += f", {scene.sparse.xyz.shape[0]:,} points"
     parts = [f"**Done** · {what} · {_model_label(result)} · {_units_label(scene)}"]
     if total is not None:
         parts.append(f"total **{_fmt_seconds(total)}**")
     if export_s is not None:
-        parts.append(f"display {_fmt_seconds(export_s)}")
-    line = " · ".join(parts)
-    details = f"<span class='timings'>{stages}</span>" if stages else ""
+        parts.append(f"display {_fmt_seconds(export_s)}" + (f", {kept:,} points shown" if kept is not None else ""))
     warn = f" · ⚠ {len(scene.warnings)} warning(s)" if scene.warnings else ""
-    return f"{line}{warn}<br>{details} <span class='job-id'>job {result.job.id}</span>"
+    details = " · ".join(x for x in (stages, f"job {result.job.id}") if x)
+    return f"{' · '.join(parts)}{warn}\n\n{details}"
 
 
-class UIHandlers:
-    """The event handlers, as plain methods (tests call them without a browser)."""
+class UIHandlers(UploadPreviews):
+    """The event handlers shared by the page and the named API, as plain methods (tests call them
+    without a browser). The API endpoints are these methods; the page's live versions (progress,
+    cancel, refused display changes) are in :mod:`ui_live` and call the same pieces."""
 
     def __init__(self, cfg: AppConfig, pipeline: Pipeline, sessions: SessionJobs | None = None) -> None:
         self.cfg = cfg
@@ -300,116 +242,108 @@ class UIHandlers:
         self.sessions = sessions if sessions is not None else SessionJobs()
         self.previews = VideoPreviews(Path(cfg.jobs.output_root) / ".previews")
         self._thumb_slots = threading.BoundedSemaphore(cfg.ui.thumbnail_workers)
+        self._avail_lock = threading.Lock()
+        self._avail: dict[str, tuple[float, str | None]] = {}
 
-    # -- status ----------------------------------------------------------------------------
+    # -- engines ---------------------------------------------------------------------------
+    def dust3r_availability(self, checkpoint: str | None = None) -> str | None:
+        """None when the DUSt3R engine can load ``checkpoint`` (default the server's), else why
+        not; cached for a few seconds (it may probe the hub)."""
+        ckpt = checkpoint or self.cfg.model.checkpoint
+        now = time.monotonic()
+        with self._avail_lock:
+            hit = self._avail.get(ckpt)
+            if hit is not None and now - hit[0] < _AVAILABILITY_TTL_S:
+                return hit[1]
+        engine = self.pipeline.engines.get("dust3r")
+        if engine is None:
+            why: str | None = "the DUSt3R engine is not installed in this app"
+        else:
+            avail = getattr(engine, "availability")  # noqa: B009 (protocol method; some engines take a model config)
+            why = avail(dataclasses.replace(self.cfg.model, checkpoint=ckpt)) if checkpoint else avail()
+        with self._avail_lock:
+            self._avail[ckpt] = (now, why)
+        return why
+
+    def availability(self) -> dict[str, str | None]:
+        """Engine name -> None (usable) or why not (DUSt3R cached, see :meth:`dust3r_availability`)."""
+        out: dict[str, str | None] = {}
+        for name, engine in self.pipeline.engines.items():
+            out[name] = self.dust3r_availability() if name == "dust3r" else engine.availability()
+        return out
+
     def model_status_md(self) -> str:
-        avail = self.pipeline.availability()
+        """What the engines can do now, one markdown line each (no HTML)."""
+        avail = self.availability()
         lines = []
         if "dust3r" in avail:
             status = self.pipeline.model_status()
             ckpt = Path(self.cfg.model.checkpoint).name or self.cfg.model.checkpoint
             if status is not None:
-                lines.append(
-                    f"<span class='dot ok'></span>DUSt3R network loaded on {status.device} "
-                    f"({_fmt_seconds(status.load_seconds)})"
-                )
+                lines.append(f"● DUSt3R network loaded on {status.device} ({_fmt_seconds(status.load_seconds)})")
             elif avail["dust3r"] is None:
-                lines.append(
-                    f"<span class='dot idle'></span>DUSt3R weights ready ({ckpt}); the network loads on the first run"
-                )
+                lines.append(f"● DUSt3R weights ready ({ckpt}); the network loads on the first run")
+            elif "download on the first" in avail["dust3r"]:
+                lines.append("● DUSt3R weights download on the first run (see the note above)")
             else:
-                lines.append("<span class='dot off'></span>DUSt3R weights not available (see the note above)")
+                lines.append("● DUSt3R weights not available here (see the note above)")
         if "colmap" in avail:
-            if avail["colmap"] is None:
-                lines.append("<span class='dot ok'></span>COLMAP ready")
-            else:
-                lines.append(f"<span class='dot off'></span>COLMAP unavailable: {avail['colmap']}")
-        return "<br>".join(lines)
+            lines.append("● COLMAP ready" if avail["colmap"] is None else f"● COLMAP unavailable: {avail['colmap']}")
+        return "\n\n".join(lines)
+
+    # -- checks ----------------------------------------------------------------------------
+    def check_run(self, paths: list[Path], settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
+        """Uploads and settings -> (engine, config), or a gr.Error (with a title) saying what to fix.
+
+        A DUSt3R run whose weights are neither here nor downloadable fails here, at once.
+        """
+        if not paths:
+            raise gr.Error(
+                "Upload one or more photos first (drag them onto the upload area).",
+                title="No images",
+                print_exception=False,
+            )
+        if len(paths) > self.cfg.ui.max_images:
+            raise gr.Error(
+                f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
+                title="Too many images",
+                print_exception=False,
+            )
+        engine, cfg = self._settings(settings)
+        if engine == "dust3r":
+            ckpt = cfg.model.checkpoint
+            why = self.dust3r_availability(None if ckpt == self.cfg.model.checkpoint else ckpt)
+            if why is not None and not (hub_repo_id(ckpt) and hub_reachable()):
+                raise gr.Error(why, title="DUSt3R weights unavailable", print_exception=False)
+        try:  # the run limits (pairs, known focals): nothing is created if not
+            check_run(paths, replace(cfg, engine=engine), limits=self._limits())
+        except UserError as e:
+            raise self.fail(e, "Reconstruction") from e
+        return engine, cfg
+
+    def new_job(self, cfg: AppConfig, *, inputs: Sequence[Path] = (), protected: Collection[str] = ()):
+        """A new job folder (older jobs may be cleaned first, but not those of live sessions nor
+        ``protected``); the session holds it once its run is done (:meth:`SessionJobs.add`)."""
+        return self.pipeline.new_job(cfg, protected=self.sessions.protected() | set(protected), inputs=inputs)
 
     # -- events ----------------------------------------------------------------------------
-    def thumbnails(self, files: Any, **settings: Any):
-        """Uploads -> small previews (a Gallery update): photos, and the frames a run keeps from each
-        video (sampled with the video ``settings``); unreadable files and too many files give warnings."""
-        paths = _file_paths(files)
-        if len(paths) > self.cfg.ui.max_images:
-            gr.Warning(f"{len(paths)} images uploaded; at most {self.cfg.ui.max_images} are allowed per run.")
-        options = video_options(self._settings(settings)[1]) if any(map(is_video, paths)) else None
-        out = []
-        for p in paths[: self.cfg.ui.max_images]:
-            if options is not None and is_video(p):
-                preview = self._video_preview(p, options)
-                out.extend(preview.thumbs if preview is not None else ())
-                continue
-            try:
-                with self._thumb_slots:  # bounded decodes at once (the event runs outside the queue)
-                    out.append((_thumbnail(p, self.cfg.preprocess.max_pixels), p.name))
-            except ValueError as e:
-                gr.Warning(f"{p.name}: not previewed: {e}")
-            except (OSError, Image.DecompressionBombError) as e:
-                gr.Warning(f"{p.name}: not a readable image ({type(e).__name__})")
-        return gr.Gallery(value=out, visible=bool(out))
-
-    def _video_preview(self, path: Path, options: VideoOptions, *, warn: bool = True) -> _VideoPreview | None:
-        """A video's preview, or None (with a page warning) when it cannot be used."""
-        try:
-            preview = self.previews.get(path, options)
-        except (VideoError, OSError) as e:
-            if warn:
-                gr.Warning(" ".join(str(e).replace(f"{path.parent}{os.sep}", "").split()))
-            return None
-        for w in preview.warnings if warn else ():
-            gr.Warning(w)
-        return preview
-
-    def plan(self, files: Any, **settings: Any) -> str:
-        """Uploads + settings -> one status line before running (``/plan``): images and video frames,
-        the scene graph, pair count and memory estimate (:func:`core.inputs.plan.plan_run`), and a
-        line per video (duration, codec, frames kept); '' without uploads."""
-        paths = _file_paths(files)
-        if not paths:
-            return ""
-        _engine, cfg = self._settings(settings)
-        sizes: list[tuple[int, int]] = []
-        n_frames, notes = 0, []
-        for p in paths:
-            if is_video(p):
-                preview = self._video_preview(p, video_options(cfg), warn=False)
-                if preview is not None:
-                    sizes += [preview.size] * len(preview.thumbs)
-                    n_frames += len(preview.thumbs)
-                    notes.append(preview.summary)
-                continue
-            try:
-                with Image.open(p) as im:
-                    sizes.append(im.size)
-            except (OSError, ValueError, Image.DecompressionBombError):
-                continue
-        if not sizes:
-            return ""
-        try:
-            plan = plan_run(cfg, sizes, n_video_frames=n_frames)
-        except ValueError as e:
-            return f"⚠ {e}"
-        lines = [f"**Before running** · {plan.describe()}"]
-        if plan.too_large:
-            lines.append(f"⚠ {plan.too_large}")
-        lines += [f"<span class='video-summary'>{n}</span>" for n in notes]
-        return "<br>".join(lines)
-
     def _settings(self, settings: Mapping[str, Any]) -> tuple[str, AppConfig]:
         try:
             engine, cfg = settings_to_config(self.cfg, settings)
         except ValueError as e:
-            raise gr.Error(f"Invalid setting: {e}", print_exception=False) from e
+            raise gr.Error(f"Invalid setting: {e}", title="Invalid setting", print_exception=False) from e
         if cfg.video.max_frames > self.cfg.ui.max_images:
             raise gr.Error(
                 f"Invalid setting: max_frames {cfg.video.max_frames} is above the limit of "
                 f"{self.cfg.ui.max_images} images per run.",
+                title="Invalid setting",
                 print_exception=False,
             )
         if engine not in self.pipeline.engines:
             raise gr.Error(
-                f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.", print_exception=False
+                f"Unknown engine {engine!r}; choose {', '.join(self.pipeline.engines)}.",
+                title="Invalid setting",
+                print_exception=False,
             )
         return engine, cfg
 
@@ -437,9 +371,9 @@ class UIHandlers:
         gallery = [(str(p), caption) for p, caption in views]
         return result, glb, gallery, glb, status_text(result, export_s=export_s), self.model_status_md()
 
-    def _fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
+    def fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
         """An exception -> the page's error: a :class:`UserError`'s (or OS error's) own message, else
-        an internal error whose short id finds the traceback in the log."""
+        an internal error whose short id finds the traceback in the log. Its title is ``<what> failed``."""
         title = f"{what} failed"
         if not isinstance(e, (UserError, OSError)):
             eid = internal_error_id()
@@ -447,38 +381,49 @@ class UIHandlers:
             message = (
                 f"Internal error {eid}: this is a bug, not your input. The server log has the details under {eid}."
             )
-            return gr.Error(message, title=title, duration=None, print_exception=False)
-        message = public_message(str(e)) or type(e).__name__  # server paths mean nothing to the user
+            return gr.Error(message, title=title, duration=TOAST_S, print_exception=False)
+        message = " ".join(str(e).split()) or type(e).__name__
+        if job_dir is not None:  # keep the file names of the job's inputs
+            for folder in (job_dir / "inputs", job_dir):
+                message = message.replace(f"{folder}{os.sep}", "").replace(str(folder), "")
+        message = public_message(message) or type(e).__name__  # server paths mean nothing to the user
         logger.warning("%s: %s", title, message)
-        return gr.Error(message, title=title, duration=None, print_exception=False)
+        return gr.Error(message, title=title, duration=TOAST_S, print_exception=False)
+
+    _fail = fail
 
     def reconstruct(self, files: Any, request: gr.Request, progress: gr.Progress = gr.Progress(), **settings: Any):  # noqa: B008 (Gradio idiom)
-        """Run button / ``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
+        """``/reconstruct``: uploads + settings -> the outputs of ``_outputs``."""
         paths = _file_paths(files)
-        if not paths:
-            raise gr.Error(
-                "Upload one or more photos first (drag them onto the upload area).",
-                title="No images",
-                print_exception=False,
-            )
-        if len(paths) > self.cfg.ui.max_images:
-            raise gr.Error(
-                f"{len(paths)} images uploaded; the limit is {self.cfg.ui.max_images} per run.",
-                title="Too many images",
-                print_exception=False,
-            )
-        engine, cfg = self._settings(settings)
-        session = getattr(request, "session_hash", None) or "anonymous"
+        engine, cfg = self.check_run(paths, settings)
+        session = _session(request)
+        job = None
         try:
-            check_run(paths, replace(cfg, engine=engine), limits=self._limits())  # nothing is created if not
-            job = self.pipeline.new_job(cfg, protected=self.sessions.protected(), inputs=paths)
+            job = self.new_job(cfg, inputs=paths)
             result = self.pipeline.reconstruct(
                 paths, cfg, engine=engine, job=job, progress=self._progress_fn(progress), limits=self._limits()
             )
             self.sessions.add(session, result.job.id)
             return self._outputs(result)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Reconstruction") from e
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Reconstruction", job.dir if job is not None else None) from e
+
+    def check_realign(self, result: Result | None) -> Path:
+        """The saved pair predictions of ``result``, or a gr.Error unless it is a DUSt3R run whose
+        pairs are still on disk (an expired result says so)."""
+        if result is None or result.pairs_path is None:
+            raise gr.Error(
+                "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
+                title="Nothing to re-align",
+                print_exception=False,
+            )
+        if not Path(result.pairs_path).is_file():
+            expired = ResultExpiredError(
+                "this result has expired: its files were cleaned up, so there is nothing to re-align. "
+                "Run the reconstruction again"
+            )
+            raise self.fail(expired, "Re-alignment")
+        return Path(result.pairs_path)
 
     def realign(
         self,
@@ -488,31 +433,22 @@ class UIHandlers:
         **settings: Any,
     ):
         """Re-align button / ``/realign``: the last DUSt3R run's pairs with new alignment settings."""
-        if result is None or result.pairs_path is None:
-            raise gr.Error(
-                "Re-alignment needs a finished DUSt3R reconstruction (its saved pair predictions). Run one first.",
-                title="Nothing to re-align",
-                print_exception=False,
-            )
+        pairs = self.check_realign(result)
         _engine, cfg = self._settings(settings)
-        session = getattr(request, "session_hash", None) or "anonymous"
+        session = _session(request)
+        job = None
         try:
-            if not Path(result.pairs_path).is_file():
-                raise ResultExpiredError(
-                    "this result has expired: its files were cleaned up, so there is nothing to re-align. "
-                    "Run the reconstruction again"
-                )
-            job = self.pipeline.new_job(cfg, protected=self.sessions.protected() | {result.job.id})
+            job = self.new_job(cfg, protected={result.job.id})
             new = self.pipeline.realign(
-                result.pairs_path, cfg, job=job, progress=self._progress_fn(progress), limits=self._limits()
+                pairs, cfg, job=job, progress=self._progress_fn(progress), limits=self._limits()
             )
             self.sessions.add(session, new.job.id)
             return self._outputs(new)
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Re-alignment") from e
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Re-alignment", job.dir if job is not None else None) from e
 
     def render(self, result: Result | None, **display: Any):
-        """Display change / ``/render``: re-export the GLB from the kept scene (no re-run).
+        """Display change: re-export the GLB from the kept scene (no re-run).
 
         Returns (viewer GLB, GLB download, status); before any result, nothing changes.
         """
@@ -520,30 +456,57 @@ class UIHandlers:
             return gr.skip(), gr.skip(), gr.skip()
         try:
             post, viz = display_config(result.settings, display)
+            kept = kept_points(result, post)
+            if kept == 0 and not viz.show_cameras:
+                raise gr.Error(_NOTHING_TO_DRAW, title="Nothing to draw", print_exception=False)
             t0 = time.perf_counter()
             files = self.pipeline.export(result, post, viz, ("glb",))
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Display update") from e
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Display update") from e
         glb = str(files["glb"])
-        return glb, glb, status_text(result, export_s=time.perf_counter() - t0)
+        return glb, glb, status_text(result, export_s=time.perf_counter() - t0, kept=kept)
 
     def package(self, result: Result | None, **display: Any):
-        """``/package``: every format with these display settings, zipped -> the zip's path.
+        """Every format with these display settings, zipped -> the zip's path (before any result: nothing).
 
-        Runs after each reconstruction and display change (chained), so the zip download always
-        matches what the viewer shows.
+        Runs after each reconstruction and display change, so the zip download always matches
+        what the viewer shows.
         """
         if result is None:
             return gr.skip()
         try:
             post, viz = display_config(result.settings, display)
+            if kept_points(result, post) == 0:
+                raise gr.Error(_NOTHING_TO_DRAW, title="Nothing to package", print_exception=False)
             files = self.pipeline.export(result, post, viz, package_formats(viz))
-        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by _fail
-            raise self._fail(e, "Packaging") from e
+        except gr.Error:
+            raise
+        except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
+            raise self.fail(e, "Packaging") from e
         return str(files["zip"])
 
     def _limits(self) -> RunLimits:
         return RunLimits.from_config(self.cfg)
+
+    @staticmethod
+    def _need_result(result: Result | None, endpoint: str) -> Result:
+        if result is None:
+            raise gr.Error(
+                f"{endpoint} needs a reconstruction in this session: call /reconstruct first.",
+                title="Nothing to show",
+                print_exception=False,
+            )
+        return result
+
+    def api_render(self, result: Result | None, **display: Any):
+        """``/render``: :meth:`render`, and an error before any reconstruction."""
+        return self.render(self._need_result(result, "/render"), **display)
+
+    def api_package(self, result: Result | None, **display: Any):
+        """``/package``: :meth:`package`, and an error before any reconstruction."""
+        return self.package(self._need_result(result, "/package"), **display)
 
     def unload(self, request: gr.Request) -> None:
         """Heartbeat lost (tab closed, or a network drop the page may recover from): nothing is
@@ -591,3 +554,8 @@ class UIHandlers:
     def graph_visibility(kind: str):
         window = kind in ("swin", "logwin")
         return gr.Slider(visible=window), gr.Checkbox(visible=window), gr.Slider(visible=kind == "oneref")
+
+
+def _session(request: Any) -> str:
+    """The browser session's id (``anonymous`` without one)."""
+    return getattr(request, "session_hash", None) or "anonymous"

@@ -30,6 +30,8 @@ import json
 import os
 import pickle
 import re
+import socket
+import threading
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -50,6 +52,7 @@ __all__ = [
     "remap_checkpoint_keys",
     "check_state_dict",
     "hub_repo_id",
+    "hub_reachable",
     "weights_availability",
 ]
 
@@ -346,6 +349,48 @@ def _hub_offline() -> bool:
     return bool(constants.HF_HUB_OFFLINE) or os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
 
 
+_PROXY_VARS = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
+
+
+def hub_reachable(timeout_s: float = 1.5) -> bool:
+    """Whether the Hugging Face hub can be reached right now: False when ``HF_HUB_OFFLINE`` is set or
+    a TCP connection to the hub endpoint fails within ``timeout_s`` (name lookup included); True
+    when a proxy is configured (the direct probe cannot tell). Sends no request, downloads nothing.
+    """
+    if _hub_offline():
+        return False
+    if any(os.environ.get(v) for v in _PROXY_VARS):
+        return True
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    url = urlsplit(constants.ENDPOINT)
+    host, port = url.hostname or "huggingface.co", url.port or (443 if url.scheme == "https" else 80)
+    ok = threading.Event()
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((host, port), timeout=timeout_s):
+                ok.set()
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, name="hub-probe", daemon=True)  # a name lookup may hang
+    thread.start()
+    thread.join(timeout_s)
+    return ok.is_set()
+
+
+def _unreachable_message(repo_id: str, cache_dir: str | Path | None) -> str:
+    return (
+        f"{_family(repo_id)} weights ({repo_id}) are not in the Hugging Face cache ({_hub_cache_dir(cache_dir)}) "
+        f"and cannot be downloaded here: the hub is unreachable (offline or no network). On a machine with "
+        f"network, download config.json and model.safetensors ({_download_size(repo_id)}) from "
+        f"https://huggingface.co/{repo_id}, then {_HOW_TO_PROVIDE[0].lower()}{_HOW_TO_PROVIDE[1:]}"
+    )
+
+
 def _family(repo_id: str) -> str:
     return "MASt3R" if "mast3r" in repo_id.lower() else "DUSt3R"
 
@@ -357,7 +402,7 @@ def _download_size(repo_id: str) -> str:
 
 def _hub_files(repo_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
     """Download (or find in the cache) config.json and model.safetensors of a hub repo."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import (
         EntryNotFoundError,
         GatedRepoError,
@@ -368,6 +413,12 @@ def _hub_files(repo_id: str, cache_dir: str | Path | None) -> tuple[Path, Path]:
         RevisionNotFoundError,
     )
 
+    try:
+        cached = [try_to_load_from_cache(repo_id, name, cache_dir=cache_dir) for name in _HUB_FILES]
+    except HFValidationError as e:
+        raise CheckpointError(f"{repo_id!r} is not a valid hub repo id: {e}") from e
+    if not all(isinstance(c, str) and Path(c).is_file() for c in cached) and not _hub_offline() and not hub_reachable():
+        raise CheckpointError(_unreachable_message(repo_id, cache_dir))  # at once, not after the hub's retries
     paths = []
     for filename in _HUB_FILES:
         try:
@@ -429,7 +480,9 @@ def read_checkpoint(source: str | Path, *, cache_dir: str | Path | None = None) 
 def weights_availability(model_cfg: ModelConfig) -> str | None:
     """None when ``model_cfg.checkpoint`` can be loaded without the network, else why not.
 
-    Looks at the file system and the Hugging Face cache only (never downloads).
+    Looks at the file system and the Hugging Face cache (never downloads); when the weights are
+    not cached, :func:`hub_reachable` tells "they download on the first run" from "they cannot
+    be downloaded here".
     """
     text = model_cfg.checkpoint.strip()
     if Path(text).expanduser().exists():
@@ -449,6 +502,8 @@ def weights_availability(model_cfg: ModelConfig) -> str | None:
             f"{family} weights ({repo_id}) are not in the Hugging Face cache ({cache}) and the hub is "
             f"offline (HF_HUB_OFFLINE). {_HOW_TO_PROVIDE}, or go online once so they download ({size})."
         )
+    if not hub_reachable():
+        return _unreachable_message(repo_id, model_cfg.cache_dir) + "."
     return (
         f"{family} weights ({repo_id}) are not downloaded yet ({size}, into {cache}); they "
         f"download on the first DUSt3R run. {_HOW_TO_PROVIDE}."

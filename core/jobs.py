@@ -15,7 +15,7 @@ Outputs never lie:
 - ``.running`` names the process that runs the job (pid, its start time, boot id, host): a job
   whose process is gone (``kill -9``, a crash) is marked ``interrupted`` and its temporary files
   are removed by the next start-up or cleanup pass (:func:`recover_job`);
-- :func:`cleanup_jobs` deletes failed and interrupted jobs first, then the least recently used,
+- :func:`cleanup_jobs` deletes failed, interrupted and cancelled jobs first, then the least recently used,
   by age and while the root is over ``max_total_mb`` or the disk's free space is under
   ``min_free_mb``; :func:`ensure_room` refuses a new run (:class:`StorageError`) when that cannot be
   met without deleting live work. The caller passes the ids it must keep; nothing is kept in globals.
@@ -73,6 +73,7 @@ __all__ = [
     "STATUS_DONE",
     "STATUS_FAILED",
     "STATUS_INTERRUPTED",
+    "STATUS_CANCELLED",
     "Job",
     "create_job",
     "job_in_folder",
@@ -111,6 +112,7 @@ STATUS_RUNNING = "running"
 STATUS_DONE = "done"
 STATUS_FAILED = "failed"
 STATUS_INTERRUPTED = "interrupted"
+STATUS_CANCELLED = "cancelled"
 _MARKER_FILE = ".dust3r-job"
 _RUNNING_FILE = ".running"
 _PREVIOUS_DIR = ".previous"
@@ -412,7 +414,7 @@ def _survey(root: Path) -> list[_Entry]:
             entries.append(_Entry(folder, status, _last_activity(folder), folder_size(folder)))
         except OSError:
             continue
-    entries.sort(key=lambda e: (e.status not in (STATUS_FAILED, STATUS_INTERRUPTED), e.last))
+    entries.sort(key=lambda e: (e.status not in (STATUS_FAILED, STATUS_INTERRUPTED, STATUS_CANCELLED), e.last))
     return entries
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "StageClock",
     "RunLimits",
     "guarded_progress",
+    "polled",
     "check_pairs",
     "check_known_focal",
     "check_images",
@@ -151,6 +152,26 @@ def guarded_progress(
                 f"stopped after {deadline:g} s: the server allows at most {deadline:g} s per run (max_run_s); "
                 "use fewer images, a sparser scene graph (swin-3, logwin-3) or fewer iterations"
             )
+        if progress is not None:
+            progress(stage, done, total)
+
+    return report
+
+
+def polled(
+    progress: ProgressFn | None, cancel: Callable[[], bool] | None, labels: Mapping[str, str] | None = None
+) -> ProgressFn | None:
+    """``progress`` that first asks ``cancel()`` and raises :class:`Cancelled` when it says so.
+
+    Every stage reports progress between its steps (images, pairs, iterations, COLMAP stages),
+    so a run stops at the next step boundary. ``labels``: stage name -> what the message calls it.
+    """
+    if cancel is None:
+        return progress
+
+    def report(stage: str, done: int, total: int) -> None:
+        if cancel():
+            raise Cancelled(f"cancelled during {(labels or {}).get(stage, stage).lower()} ({done}/{total})")
         if progress is not None:
             progress(stage, done, total)
 
@@ -319,10 +340,15 @@ def _publish_run(job: Job, stage: Path, data: dict[str, Any], files: Mapping[str
 
 
 def _record_failure(job: Job, cfg: AppConfig, clock: StageClock, t0: float, exc: BaseException) -> None:
-    """The manifest of a run that did not finish: ``interrupted`` (Ctrl-C, SIGTERM, cancel) or
-    ``failed``, with the error. Best effort: a full disk may refuse even this."""
-    stopped = isinstance(exc, (KeyboardInterrupt, Terminated, Cancelled))
-    status = jobs.STATUS_INTERRUPTED if stopped else jobs.STATUS_FAILED
+    """The manifest of a run that did not finish: ``interrupted`` (Ctrl-C, SIGTERM, server stop),
+    ``cancelled`` (the user's Cancel) or ``failed``, with the error. Best effort: a full disk may
+    refuse even this."""
+    if isinstance(exc, Cancelled) and not isinstance(exc, Interrupted):
+        status = jobs.STATUS_CANCELLED
+    elif isinstance(exc, (KeyboardInterrupt, Terminated, Cancelled)):
+        status = jobs.STATUS_INTERRUPTED
+    else:
+        status = jobs.STATUS_FAILED
     message = " ".join(str(exc).split()) or type(exc).__name__
     timings = {**clock.finish(), "total": round(time.perf_counter() - t0, 4)}
     try:
@@ -374,8 +400,8 @@ def _run_staged(
         _publish_run(job, stage, data, files)
     jobs.drop_previous(job)
     pairs_path = Path(moved_paths(str(pairs_path), stage, job.dir)) if pairs_path is not None else None
-    for w in scene.warnings:
-        logger.warning("%s", w)
+    for w in scene.warnings:  # the caller shows them (CLI summary, page messages): logged once, at info
+        logger.info("warning: %s", w)
     return Result(
         scene=scene, job=job, engine=cfg.engine, timings=timings, pairs_path=pairs_path, settings=cfg, files=final
     )

@@ -20,9 +20,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def serve_tiny_app(fixtures_dir: Path, jobs_root: Path, *, niter: int) -> Iterator[str]:
-    """Start the app (tiny_linear model, 64 px inputs, fp32) and yield its URL; closed on exit."""
-    cfg = tiny_config(jobs_root, niter=niter, port=free_port())
+def serve_tiny_app(fixtures_dir: Path, jobs_root: Path, *, niter: int, **ui: int) -> Iterator[str]:
+    """Start the app (tiny_linear model, 64 px inputs, fp32) and yield its URL; closed on exit.
+    ``ui`` overrides UIConfig fields (``max_images=4``)."""
+    cfg = tiny_config(jobs_root, niter=niter, port=free_port(), **ui)
     demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
     demo.launch(prevent_thread_lock=True, quiet=True, **gradio_ui.launch_kwargs(cfg))
     try:

@@ -1,15 +1,22 @@
-"""A real browser on the real page: upload, run, 3D viewer, fullscreen, Escape, GLB download.
+"""A real browser living in the real page: uploads flagged as they drop, a run with live progress,
+the 3D viewer and its camera across display changes, sliders driven by typing and by the keyboard,
+fullscreen and Escape, the GLB download, a failed run that keeps the previous model, Cancel, the
+example scene and a reload that brings the last result back.
 
 Headless Chromium (Debian ``chromium`` package, installed by ``scripts/setup.sh --dev``) driven by
-Playwright against the app served on a free loopback port with the tiny DUSt3R model. A page
-screenshot is saved in the test's tmp folder; set ``SCREENSHOT_PATH`` (e.g.
-``SCREENSHOT_PATH=docs/screenshot.png``) to also write it there.
+Playwright against the app served on a free loopback port with the tiny DUSt3R model, one browser
+page walking through the steps in order (each step starts from where the last one left the page).
+Screenshots are saved in the test's tmp folder; set ``SCREENSHOT_PATH`` (e.g.
+``SCREENSHOT_PATH=docs/screenshot.png``) to also write them there (the main one under that name,
+the others beside it, named after their step).
 """
 
 from __future__ import annotations
 
 import io
+import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -33,11 +40,13 @@ CHROMIUM_ARGS = [
     "--disable-sync",
 ]
 VIEWPORT = {"width": 1440, "height": 960}
+MAX_IMAGES = 8
+TOAST = ".toast-body, [data-testid='toast-body']"
 
 
 @pytest.fixture(scope="module")
 def app_url(fixtures_dir: Path, tmp_path_factory):
-    with serve_tiny_app(fixtures_dir, tmp_path_factory.mktemp("browser-jobs"), niter=30) as url:
+    with serve_tiny_app(fixtures_dir, tmp_path_factory.mktemp("browser-jobs"), niter=30, max_images=MAX_IMAGES) as url:
         yield url
 
 
@@ -68,35 +77,170 @@ def _rendered(pixels: np.ndarray) -> bool:
     return far.mean() > 0.005 and flat.std() > 3
 
 
+def _wait_rendered(page, timeout_s: float = 60) -> None:
+    page.wait_for_selector("#viewer canvas", timeout=60_000)
+    deadline = time.time() + timeout_s
+    while not _rendered(_canvas_pixels(page)):
+        assert time.time() < deadline, "the 3D viewer canvas stayed blank"
+        time.sleep(0.5)
+
+
 def _box(page, selector: str) -> dict:
     return page.locator(selector).first.bounding_box()
 
 
-def test_upload_run_view_fullscreen_download(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:
+def _status(page) -> str:
+    return page.inner_text("#status")
+
+
+def _points_shown(page) -> int:
+    match = re.search(r"([\d,]+) points shown", _status(page))
+    assert match, _status(page)
+    return int(match.group(1).replace(",", ""))
+
+
+def _wait_points_change(page, before: int) -> int:
+    page.wait_for_function(
+        f"(document.querySelector('#status').innerText.match(/([\\d,]+) points shown/) || [])[1] "
+        f"!== {json.dumps(f'{before:,}')}",
+        timeout=60_000,
+    )
+    return _points_shown(page)
+
+
+def _viewer_job(page) -> str:
+    return page.inner_text("#viewer [data-testid=block-label]")
+
+
+def _stable_camera(page) -> dict:
+    """The viewer's camera once it stops moving (orbit inertia)."""
+    page.wait_for_function("window.studioViewer && window.studioViewer.settled()", timeout=60_000)
+    last = page.evaluate("window.studioViewer.camera()")
+    for _ in range(40):
+        time.sleep(0.25)
+        cam = page.evaluate("window.studioViewer.camera()")
+        if cam == last:
+            return cam
+        last = cam
+    raise AssertionError(f"the camera kept moving: {last}")
+
+
+def _wait_done(page, text: str = "Done", timeout_ms: int = 180_000) -> None:
+    page.wait_for_function(
+        f"document.querySelector('#status').innerText.includes({json.dumps(text)}) && "
+        "!document.querySelector('#run-status .run-progress')",
+        timeout=timeout_ms,
+    )
+
+
+def _upload(page, paths: list[str], n_tiles: int) -> None:
+    clear = page.locator("#upload button[aria-label='Clear']")
+    if clear.count():
+        clear.first.click()
+        page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 0", timeout=30_000)
+    page.locator("#upload input[type=file]").set_input_files(paths)
+    page.wait_for_function(f"document.querySelectorAll('#thumbs .thumb').length === {n_tiles}", timeout=60_000)
+
+
+class _Shots:
+    """Screenshots in tmp_path, copied beside SCREENSHOT_PATH when it is set."""
+
+    def __init__(self, page, folder: Path) -> None:
+        self.page, self.folder = page, folder
+        self.target = Path(os.environ["SCREENSHOT_PATH"]) if os.environ.get("SCREENSHOT_PATH") else None
+
+    def __call__(self, name: str, main: bool = False, selector: str | None = None) -> Path:
+        shot = self.folder / f"{name}.png"
+        if selector is None:
+            self.page.screenshot(path=str(shot))
+        else:
+            self.page.locator(selector).first.screenshot(path=str(shot))
+        assert shot.stat().st_size > 10_000
+        if self.target is not None:
+            dest = self.target if main else self.target.with_name(f"{self.target.stem}-{name}.png")
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, dest)
+        return shot
+
+
+@pytest.mark.filterwarnings("ignore:broken.jpg")  # the failed run's message, also emitted as a Python warning
+def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:
     page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
     errors: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
+    shots = _Shots(page, tmp_path)
     page.goto(app_url)
     page.wait_for_selector("#run-btn", timeout=60_000)
     assert "DUSt3R Studio" in page.title() + page.inner_text("#app-header")
-
     images = [str(p) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
-    page.locator("#upload input[type=file]").set_input_files(images)
-    page.wait_for_function("document.querySelectorAll('#thumbs img').length === 3", timeout=60_000)
 
+    # upload-time feedback: a file that is not an image and photos past the limit, flagged in the tiles
+    notes = tmp_path / "notes.jpg"  # an image extension: the upload accepts photo and video types only
+    notes.write_text("not a photo")
+    _upload(page, [*images * 3, str(notes)], 10)
+    assert page.locator("#thumbs .thumb.bad").count() == 2
+    note = page.inner_text("#upload-note")
+    assert "not an image" in note and f"over the limit of {MAX_IMAGES}" in note and "notes.jpg" in note
+    assert "notes.jpg: not an image" in page.inner_text("#thumbs")
+    shots("uploads")
+
+    # a run: the stage, elapsed time and time left show by the Reconstruct button while it runs
+    _upload(page, images, 3)
+    assert page.locator("#thumbs .thumb.bad").count() == 0 and not page.locator("#upload-note").is_visible()
+    assert "3 photos" in page.inner_text("#run-status")
     page.click("#run-btn")
-    page.wait_for_function("document.querySelector('#status').innerText.includes('Done')", timeout=180_000)
-    assert "3 views" in page.inner_text("#status")
-
-    # the 3D viewer renders the model: a canvas that is not blank
-    page.wait_for_selector("#viewer canvas", timeout=60_000)
-    deadline = time.time() + 60
-    while not _rendered(_canvas_pixels(page)):
-        assert time.time() < deadline, "the 3D viewer canvas stayed blank"
-        time.sleep(0.5)
+    page.wait_for_selector("#run-status .run-progress .rp-time", timeout=60_000)
+    live = page.inner_text("#run-status")
+    assert "elapsed" in live and ("left" in live or "estimating" in live), live
+    assert "Upload photos" not in _status(page)
+    card, viewport_h = _box(page, "#run-card"), VIEWPORT["height"]
+    assert 0 <= card["y"] and card["y"] + card["height"] <= viewport_h  # visible without scrolling
+    _wait_done(page)
+    assert "3 views" in _status(page)
+    first_job = _viewer_job(page)
+    _wait_rendered(page)
     small = _box(page, "#viewer-wrap")
+    page.evaluate("window.scrollTo(0, 0)")
+    shots("screenshot", main=True)
+
+    # the camera survives a display change
+    canvas = _box(page, "#viewer canvas")
+    cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
+    _stable_camera(page)
+    page.mouse.move(cx, cy)
+    page.mouse.down()
+    page.mouse.move(cx + 140, cy + 50, steps=8)
+    page.mouse.up()
+    page.mouse.wheel(0, -240)
+    cam_before = _stable_camera(page)
+    signature = page.evaluate("window.studioViewer.signature()")
+    points = _points_shown(page)
+    page.click("#show-cameras input")
+    page.wait_for_function(
+        f"window.studioViewer.signature() !== {json.dumps(signature)} && window.studioViewer.settled()",
+        timeout=60_000,
+    )
+    cam_after = _stable_camera(page)
+    for key in ("alpha", "beta", "radius"):
+        assert cam_after[key] == pytest.approx(cam_before[key], rel=1e-3), (key, cam_before, cam_after)
+    assert cam_after["target"] == pytest.approx(cam_before["target"], abs=1e-3 * cam_before["radius"])
+
+    # a typed slider value (Enter) and the arrow keys reach the model
+    number = page.locator("#min-conf-thr input[type=number]")
+    number.fill("4")
+    number.press("Enter")
+    typed = _wait_points_change(page, points)
+    assert typed < points
+    page.locator("#min-conf-thr input[type=range]").focus()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    keyed = _wait_points_change(page, typed)
+    assert keyed < typed and number.input_value() == "4.5"
+    page.wait_for_function("!document.querySelector('#download-zip').disabled", timeout=60_000)
+    shots("gallery", selector="#views")
 
     # fullscreen toggle, then Escape
+    page.evaluate("window.scrollTo(0, 0)")
     page.click("#fullscreen-btn")
     page.wait_for_function("document.getElementById('viewer-wrap').classList.contains('viewer-fullscreen')")
     time.sleep(0.4)
@@ -111,7 +255,7 @@ def test_upload_run_view_fullscreen_download(app_url: str, browser, fixtures_dir
     back = _box(page, "#viewer-wrap")
     assert abs(back["width"] - small["width"]) < 2 and abs(back["height"] - small["height"]) < 2
 
-    # download the GLB and read it back
+    # download the GLB and read it back: it holds the points now shown
     with page.expect_download(timeout=60_000) as info:
         page.click("#download-glb")
     glb = tmp_path / "downloaded.glb"
@@ -119,36 +263,97 @@ def test_upload_run_view_fullscreen_download(app_url: str, browser, fixtures_dir
     scene = trimesh.load(glb)
     assert sum(len(g.vertices) for g in scene.geometry.values()) > 500
 
-    shot = tmp_path / "screenshot.png"
+    # a failed run: a titled message, the uploads and the previous model stay
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
+    _upload(page, [str(bad), str(bad)], 2)
+    page.click("#run-btn")
+    toast = page.locator(TOAST).first
+    toast.wait_for(timeout=120_000)
+    text = toast.inner_text()
+    assert "Reconstruction failed" in text
+    assert "broken.jpg" in text and "Traceback" not in text and "inputs/" not in text
+    assert "broken.jpg" in "".join((page.locator("#upload").text_content() or "").split())  # uploads kept
+    _wait_done(page, "failed")
+    assert "previous result is still shown" in _status(page)
+    assert _viewer_job(page) == first_job and "Error" not in page.inner_text("#viewer")
+    _wait_rendered(page)
+    shots("failed")
+    page.wait_for_function(f"document.querySelectorAll({json.dumps(TOAST)}).length === 0", timeout=30_000)
+
+    # Cancel stops a long run between iterations and keeps the previous result
+    _upload(page, images, 3)
+    page.locator("#global-alignment .label-wrap").first.click()
+    niter = page.locator("#niter input[type=number]")
+    niter.fill("2000")
+    niter.press("Enter")
+    page.click("#run-btn")
+    page.wait_for_function(
+        "document.querySelector('#run-status').innerText.includes('Global alignment')", timeout=120_000
+    )
     page.evaluate("window.scrollTo(0, 0)")
-    page.screenshot(path=str(shot))
-    assert shot.stat().st_size > 10_000
-    if os.environ.get("SCREENSHOT_PATH"):
-        target = Path(os.environ["SCREENSHOT_PATH"])
-        target.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(shot, target)
+    shots("running")
+    page.click("#cancel-btn")
+    _wait_done(page, "Cancelled")
+    assert "previous result is still shown" in _status(page)
+    assert _viewer_job(page) == first_job
+    niter.fill("30")
+    niter.press("Enter")
+
+    # the example: one click loads a ready scene and runs it, with the offline engine (COLMAP)
+    page.click("#example-btn")
+    page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 8", timeout=60_000)
+    _wait_done(page)
+    assert "8 views" in _status(page) and "COLMAP" in _status(page)
+    # (main's COLMAP results carry depth maps, so the display stays enabled: no sparse-only note here)
+    example_job = _viewer_job(page)
+    assert example_job != first_job
+    _wait_rendered(page)
+    shots("example")
+
+    # a reload brings the session's last result back
+    page.reload()
+    page.wait_for_selector("#run-btn", timeout=60_000)
+    _wait_done(page)
+    assert "8 views" in _status(page) and _viewer_job(page) == example_job
+    _wait_rendered(page)
     assert not errors, errors
     page.close()
 
 
-@pytest.mark.filterwarnings("ignore:broken.jpg")  # the thumbnail warning, also emitted as a Python warning
-def test_error_shows_a_message_and_keeps_the_uploads(app_url: str, browser, tmp_path: Path) -> None:
-    page = browser.new_page(viewport=VIEWPORT)
-    page.goto(app_url)
-    page.wait_for_selector("#run-btn", timeout=60_000)
-    bad = tmp_path / "broken.jpg"
-    bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
-    page.locator("#upload input[type=file]").set_input_files([str(bad), str(bad)])
-    page.wait_for_function(
-        "document.querySelector('#upload').textContent.replace(/\\s/g, '').includes('broken.jpg')", timeout=60_000
+def test_viewer_frames_the_bulk_of_the_points_not_stray_ones(browser, tmp_path: Path) -> None:
+    """A model with three stray points 60x farther than the rest: the camera frames the rest."""
+    import gradio as gr
+
+    from gradio_ui import ASSETS_DIR
+    from tests.live_app import free_port
+
+    rng = np.random.default_rng(0)
+    points = np.vstack([rng.normal(0, 0.5, (4000, 3)), [[40, 0, 0], [0, 35, 0], [-30, -30, 10]]])
+    cloud = trimesh.PointCloud(points, colors=np.tile([200, 100, 50, 255], (len(points), 1)))
+    glb = tmp_path / "stray.glb"
+    trimesh.Scene({"points": cloud}).export(glb)
+    script = (ASSETS_DIR / "viewer.js").read_text(encoding="utf-8")
+    with gr.Blocks() as demo:
+        gr.Model3D(value=str(glb), label="3D model · 20260101-000000-0123abcd", elem_id="viewer", height=400)
+    demo.launch(
+        prevent_thread_lock=True,
+        quiet=True,
+        server_port=free_port(),
+        head=f"<script>{script}</script>",
+        allowed_paths=[str(tmp_path)],
     )
-    page.click("#run-btn")
-    toast = page.locator(".toast-body, [data-testid='toast-body']").first
-    toast.wait_for(timeout=120_000)
-    text = toast.inner_text()
-    assert "broken.jpg" in text and "Traceback" not in text and "inputs/" not in text
-    assert "broken.jpg" in "".join((page.locator("#upload").text_content() or "").split())  # uploads kept
-    page.close()
+    try:
+        page = browser.new_page(viewport={"width": 900, "height": 700})
+        page.goto(demo.local_url)
+        cam = _stable_camera(page)
+        core = np.percentile(points, 98, axis=0) - np.percentile(points, 2, axis=0)
+        assert cam["radius"] == pytest.approx(1.1 * np.linalg.norm(core), rel=0.15)  # not ~1.1 * 80
+        assert np.linalg.norm(cam["target"]) < 0.2
+        _wait_rendered(page)
+        page.close()
+    finally:
+        demo.close()
 
 
 def test_video_upload_previews_frames_and_runs(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:

@@ -132,7 +132,9 @@ def test_align_reference_npz_without_images(fixtures_dir: Path, tmp_path: Path, 
     src = tmp_path / "noimg.npz"
     np.savez(src, **arrays)
     assert cli.main(["align", str(src), "--output", str(tmp_path / "o"), "--niter", "10"]) == 0
-    assert "points are grey" in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "points are grey" in captured.out
+    assert "points are grey" not in captured.err  # warnings print once
     with np.load(tmp_path / "o" / "scene.npz") as scene:
         img = scene["image_0"]
         assert (img == img[..., :1]).all()
@@ -396,3 +398,25 @@ def test_issue12_exit_codes_match_the_readme(args, code, needle, fixtures_dir: P
     assert "Traceback" not in err
     last = _last_line(err)
     assert last.startswith("error:") and needle in last, err
+
+
+def test_summary_says_once_which_formats_this_engine_skips(tmp_path: Path, capsys) -> None:
+    """A COLMAP (sparse) run: the summary names the skipped formats with the reason (from the
+    manifest the pipeline wrote); the scene's warnings are in the summary once."""
+    import dataclasses
+
+    import pipeline
+    from config import AppConfig
+    from core import jobs
+    from tests.core.scene_factory import make_sparse_scene
+
+    scene, _ = make_sparse_scene()
+    scene = dataclasses.replace(scene, engine="colmap", warnings=("view_2.png did not register",))
+    job = pipeline.job_in_folder(tmp_path / "out")
+    skipped = {"obj": "no mesh", "depth": "no depth or confidence maps"}
+    jobs.update_manifest(job, exports={"skipped": skipped})
+    result = pipeline.Result(scene, job, "colmap", {"total": 1.0}, None, AppConfig())
+    summary = cli._summary(job.dir, {}, result, 1.0)
+    assert summary.count("skipped obj: no mesh") == 1
+    assert summary.count("skipped depth: no depth or confidence maps") == 1
+    assert summary.count("did not register") == 1

@@ -277,6 +277,18 @@ def test_no_weights_page_reconstructs_with_colmap(fixtures_dir: Path, tmp_path: 
     assert "COLMAP" in status and "points" in status
     assert len(gallery) == 6  # RGB only: a sparse scene has no depth or confidence maps
     assert any(isinstance(g, trimesh.PointCloud) for g in trimesh.load(glb).geometry.values())
+    # the page's zip holds COLMAP's own model: its camera model and its multi-view tracks
+    import zipfile
+
+    import pycolmap
+
+    zip_path = Path(handlers.package(result))
+    with zipfile.ZipFile(zip_path) as zf:
+        zf.extractall(tmp_path / "unzipped")
+    rec = pycolmap.Reconstruction(str(tmp_path / "unzipped" / "colmap" / "sparse" / "0"))
+    assert {c.model.name for c in rec.cameras.values()} == {"SIMPLE_RADIAL"}
+    tracks = np.array([p.track.length() for p in rec.points3D.values()])
+    assert rec.num_reg_images() == 6 and tracks.min() >= 2 and tracks.max() >= 3
 
 
 def test_display_threshold_never_changes_the_alignment(ui_run, images: list[str]) -> None:
@@ -339,3 +351,22 @@ def test_video_thumbnails_plan_and_limits(fixtures_dir: Path, images: list[str],
     assert [item["caption"] for item in update.value] == ["img0.png"]
     upload = next(b for b in gradio_ui.build_demo(cfg, handlers.pipeline).blocks.values() if b.elem_id == "upload")
     assert {".mp4", ".mov", ".webm", ".mkv", ".avi", ".m4v", ".png"} <= set(upload.file_types)
+
+
+def test_api_status_is_markdown_and_render_package_need_a_result(ui_run, fixtures_dir: Path, tmp_path: Path) -> None:
+    handlers, (result, _, _, _, status, model_md), _ = ui_run
+    assert "<" not in status and "<" not in model_md and "loaded on cpu" in model_md
+    for call in (handlers.api_render, handlers.api_package):
+        with pytest.raises(gr.Error, match="needs a reconstruction in this session"):
+            call(None, view_mode="pointcloud")
+    with pytest.raises(gr.Error, match="Nothing to draw"):
+        handlers.api_render(result, min_conf_thr=19.0, show_cameras=False)
+    with pytest.raises(gr.Error, match="Nothing to draw"):
+        handlers.api_package(result, min_conf_thr=19.0)  # no zip of empty files
+    cfg = _cfg(fixtures_dir, tmp_path)
+    demo = gradio_ui.build_demo(cfg, pipeline.Pipeline(cfg))
+    by_name = {d.api_name: d for d in demo.fns.values() if d.api_name}
+    assert by_name["render"].fn.__name__ == "api_render" and by_name["package"].fn.__name__ == "api_package"
+    assert all(
+        d.api_visibility == "private" for n, d in by_name.items() if n.startswith("page_")
+    )  # the page's live events are not API

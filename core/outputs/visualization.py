@@ -22,6 +22,7 @@ import trimesh
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullLocator
 from PIL import Image
 from trimesh.visual import TextureVisuals
 from trimesh.visual.material import PBRMaterial
@@ -403,10 +404,15 @@ def unique_stems(names: tuple[str, ...] | list[str]) -> list[str]:
     return out
 
 
+_MAP_FONT = 12
+"""Colour-bar tick size (points) of the gallery maps; label one less, title two more."""
+
+
 def _save_map(
     values: np.ndarray, path: Path, *, cmap: str, norm, label: str, title: str, marker: float | None = None
 ) -> None:
-    """One map with a colourbar, drawn with a pyplot-free Figure (Agg)."""
+    """One map with a colourbar, drawn with a pyplot-free Figure (Agg). Text is sized to stay
+    readable when the page shows the map as a gallery tile (about half size): few, plain ticks."""
     h, w = values.shape
     height_in = max(h, 320) / 100
     fig = Figure(figsize=(height_in * w / h * 1.28, height_in), dpi=100)
@@ -414,11 +420,17 @@ def _save_map(
     ax = fig.add_axes((0.01, 0.02, 0.76, 0.88))
     im = ax.imshow(np.ma.masked_invalid(values), cmap=_cmap(cmap), norm=norm, interpolation="nearest")
     ax.set_axis_off()
-    ax.set_title(title, fontsize=9)
+    ax.set_title(title, fontsize=_MAP_FONT + 2)
     cax = fig.add_axes((0.80, 0.06, 0.04, 0.8))
     cbar = fig.colorbar(im, cax=cax)
-    cbar.set_label(label, fontsize=8)
-    cbar.ax.tick_params(labelsize=7)
+    if isinstance(norm, LogNorm):
+        cbar.ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0), numticks=5))
+        cbar.ax.yaxis.set_minor_locator(NullLocator())
+    else:
+        cbar.ax.yaxis.set_major_locator(MaxNLocator(4))
+    cbar.ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:.3g}"))
+    cbar.set_label(label, fontsize=_MAP_FONT - 1)
+    cbar.ax.tick_params(labelsize=_MAP_FONT)
     if marker is not None and norm.vmin <= marker <= norm.vmax:
         cbar.ax.axhline(marker, color="white", linewidth=1.5)
         cbar.ax.axhline(marker, color="black", linewidth=0.6, linestyle="--")
