@@ -265,7 +265,10 @@ def _summary(out_dir: Path, files: dict[str, Path], result, total: float) -> str
     by_reason: dict[str, list[str]] = {}
     for fmt, why in (exports.get("skipped") or {}).items():
         by_reason.setdefault(why, []).append(fmt)
-    lines += [f"skipped {', '.join(fmts)}: {why}" for why, fmts in by_reason.items()]
+    skipped = [f"skipped {', '.join(fmts)}: {why}" for why, fmts in by_reason.items()]
+    for line in skipped:  # on stderr too, once per reason, for whoever reads only the errors
+        sys.stderr.write(f"{line} (the {result.engine} engine)\n")
+    lines += skipped
     lines += [f"warning: {w}" for w in result.scene.warnings]  # printed here only (the pipeline logs them at info)
     return "\n".join(lines) + "\n"
 

@@ -32,7 +32,7 @@ from typing import Any, Literal
 
 from core.errors import SettingsError
 
-__all__ = ["num", "check", "Validated", "choices_of", "Setting", "make_setting"]
+__all__ = ["num", "check", "Validated", "choices_of", "Setting", "make_setting", "parse_focals", "parse_scale_from"]
 
 
 def num(default: Any, lo: float | None = None, hi: float | None = None, *, above: float | None = None) -> Any:
@@ -170,3 +170,52 @@ def make_setting(root: type, name: str, where: str, group: str, parse=None, show
         parse=parse,
         show=show,
     )
+
+
+# Text forms of two settings (the page's text boxes and the CLI).
+
+
+def parse_focals(text: str | float | tuple | None) -> tuple[float, ...] | None:
+    """``"480"`` or ``"480,500"`` (pixels) -> a tuple; empty -> None (estimate).
+
+    >>> parse_focals("480, 500"), parse_focals("")
+    ((480.0, 500.0), None)
+    """
+    if text is None or isinstance(text, tuple):
+        return text
+    if isinstance(text, (int, float)):
+        return (float(text),)
+    text = text.strip()
+    if not text:
+        return None
+    try:
+        values = tuple(float(v) for v in text.replace(";", ",").split(",") if v.strip())
+    except ValueError as e:
+        raise SettingsError(
+            f"known focal length must be a number or a comma list of numbers (pixels), got {text!r}"
+        ) from e
+    return values or None
+
+
+def parse_scale_from(text: str) -> tuple[str, str, float] | None:
+    """``"a.jpg, b.jpg, 12.5"`` -> ``("a.jpg", "b.jpg", 12.5)`` (two image names and metres); empty -> None.
+
+    >>> parse_scale_from("a.jpg,b.jpg,12.5"), parse_scale_from("")
+    (('a.jpg', 'b.jpg', 12.5), None)
+    """
+    if not isinstance(text, str):
+        raise SettingsError(f"scale_from must be text 'nameA,nameB,metres', got {text!r}")
+    if not text.strip():
+        return None
+    parts = [p.strip() for p in text.split(",")]
+    try:
+        metres = float(parts[-1]) if len(parts) == 3 else math.nan
+    except ValueError:
+        metres = math.nan
+    if len(parts) != 3 or not parts[0] or not parts[1] or not (math.isfinite(metres) and metres > 0):
+        raise SettingsError(
+            f"scale_from must be 'nameA,nameB,metres' (two image names and a distance > 0 in metres), got {text!r}"
+        )
+    if parts[0] == parts[1]:
+        raise SettingsError(f"scale_from needs two different images, got {text!r}")
+    return parts[0], parts[1], metres

@@ -84,8 +84,8 @@ def _install(fault: dict, count_file: Path, r_count: int) -> None:
     elif kind == "glb":
         original_glb = export_module.scene_to_glb
 
-        def half_glb(scene, masks, viz_cfg, path):
-            out = original_glb(scene, masks, viz_cfg, path)
+        def half_glb(scene, masks, viz_cfg, path, **kwargs):
+            out = original_glb(scene, masks, viz_cfg, path, **kwargs)
             data = Path(out).read_bytes()
             Path(out).write_bytes(data[: len(data) // 2])
             _kill()

@@ -285,6 +285,30 @@ def _pair_groups(hw: Sequence[Shape], pairs: Sequence[tuple[int, int]]) -> tuple
     return groups, out_pixels
 
 
+# Formula (bytes). a = 2 under 16-bit autocast else 4, f = 4; per view T = HW / patch^2 tokens;
+# E, D, L, He, Hd, r = encoder/decoder widths, decoder depth, heads, mlp ratio; pairs are grouped
+# by (view-1 size, view-2 size) exactly as the run does, b = min(batch_size, group size):
+#
+# - weights W (autocast inside ``inference_mode`` keeps no cached low-precision weight copies:
+#   one layer's copy at a time, measured; not counted);
+# - tokens = sum over encoded views of T * (E*a + 16) (encoder output + int64 positions);
+# - view cache = min(cap, sum over encoded views of 2 * F * 16T * f) for DPT heads (both heads'
+#   features at a quarter of the resolution), 0 for linear heads;
+# - encoder batch = b * T * (E*(f + a*(11 + 2r)) + He*T*a)  (one block: residual, qkv, rope,
+#   MLP hidden, attention scores);
+# - decoder batch = kept + max(working, heads + batch outputs), with
+#   kept = b*(T1 + T2)*(E + L*D)*a (the token lists kept for the heads, both views),
+#   working = b*(T1 + T2)*D*a*(16 + 2r) + b*Hd*(T1 + T2)^2*a (one layer of both streams),
+#   heads = the larger view's float32 copy of its token list (only when a = 2)
+#   + b*HW*f*k with k = max(F/2 + last, 2*last) + F/4 + 16 for DPT (F, last = DPT widths; the
+#   full-resolution convolutions dominate: 336 floats per pixel for the official head) or
+#   k = 28 for the linear head, batch outputs = b*(HW1 + HW2)*4*f;
+# - outputs = sum over pairs of (HW_i + HW_j)*4*s (pts3d + conf on the host, s = 4 bytes for
+#   memory and disk, 2 for fp16);
+# - peak = W + tokens + view cache + max(encoder batches, decoder batches) (+ outputs on the CPU
+#   unless on disk; on CUDA they are ``bytes_host``, 0 on disk).
+#
+# Calibration: see the module docstring.
 def estimate_memory(
     image_hw: Sequence[Shape],
     pairs: Sequence[tuple[int, int]],
@@ -308,30 +332,7 @@ def estimate_memory(
     storage: where the outputs wait (:mod:`core.inference.storage`): ``memory`` (float32 in RAM),
     ``fp16`` (half of that) or ``disk`` (memory-mapped files: no RAM counted, ``bytes_disk``).
 
-    Formula (bytes). a = 2 under 16-bit autocast else 4, f = 4; per view T = HW / patch^2 tokens;
-    E, D, L, He, Hd, r = encoder/decoder widths, decoder depth, heads, mlp ratio; pairs are grouped
-    by (view-1 size, view-2 size) exactly as the run does, b = min(batch_size, group size):
-
-    - weights W (autocast inside ``inference_mode`` keeps no cached low-precision weight copies:
-      one layer's copy at a time, measured; not counted);
-    - tokens = sum over encoded views of T * (E*a + 16) (encoder output + int64 positions);
-    - view cache = min(cap, sum over encoded views of 2 * F * 16T * f) for DPT heads (both heads'
-      features at a quarter of the resolution), 0 for linear heads;
-    - encoder batch = b * T * (E*(f + a*(11 + 2r)) + He*T*a)  (one block: residual, qkv, rope,
-      MLP hidden, attention scores);
-    - decoder batch = kept + max(working, heads + batch outputs), with
-      kept = b*(T1 + T2)*(E + L*D)*a (the token lists kept for the heads, both views),
-      working = b*(T1 + T2)*D*a*(16 + 2r) + b*Hd*(T1 + T2)^2*a (one layer of both streams),
-      heads = the larger view's float32 copy of its token list (only when a = 2)
-      + b*HW*f*k with k = max(F/2 + last, 2*last) + F/4 + 16 for DPT (F, last = DPT widths; the
-      full-resolution convolutions dominate: 336 floats per pixel for the official head) or
-      k = 28 for the linear head, batch outputs = b*(HW1 + HW2)*4*f;
-    - outputs = sum over pairs of (HW_i + HW_j)*4*s (pts3d + conf on the host, s = 4 bytes for
-      memory and disk, 2 for fp16);
-    - peak = W + tokens + view cache + max(encoder batches, decoder batches) (+ outputs on the CPU
-      unless on disk; on CUDA they are ``bytes_host``, 0 on disk).
-
-    Calibration: see the module docstring.
+    Formula (bytes): the comment block above this function; calibration: the module docstring.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

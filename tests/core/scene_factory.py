@@ -179,13 +179,9 @@ def make_dense_scene(
     names: tuple[str, ...] = (),
     final_loss: float | None = 0.0123,
 ) -> SyntheticDense:
-    """Build a dense Scene (float32 arrays, like the alignment returns) with planted defects.
-
-    focal = focal_ratio * width, principal point (W/2, H/2). ``original_scale`` and ``crop_top``
-    describe uploads that were ``original_scale`` times larger and cropped by ``crop_top`` resized
-    rows at the top; original_from_processed is the exact map between integer pixel centres:
-    u_orig = s * (u + 0.5) - 0.5, v_orig = s * (v + crop_top + 0.5) - 0.5.
-    """
+    """A dense Scene (float32 arrays, like the alignment returns) with planted defects. focal =
+    focal_ratio * width, pp (W/2, H/2); uploads ``original_scale`` times larger, cropped by
+    ``crop_top`` rows: u_orig = s * (u + 0.5) - 0.5, v_orig = s * (v + crop_top + 0.5) - 0.5."""
     rng = np.random.default_rng(seed)
     poses = look_at_poses(n_views)
     focal = focal_ratio * width
