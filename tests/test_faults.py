@@ -10,7 +10,7 @@ What is tried, and how many times per test run:
   halfway through writing the GLB, while the outputs are published, just before and just after
   the final manifest), each followed by a normal run in the same folder: 6 kills, 6 recoveries;
 - SIGTERM and SIGINT of the CLI mid-alignment: once each;
-- a full disk: an 8 MB tmpfs with 2 MB left (when a mount namespace is available), and a
+- a full disk: a 32 MB tmpfs with 2 MB left (when a mount namespace is available), and a
   simulated ENOSPC on the last output's rename: once each, each followed by a run once space is free;
 - SIGTERM of the web app mid-run and idle: once each; a job of a killed server found at start-up;
 - file names with spaces and line breaks through every export; the memory check of the alignment.
@@ -66,7 +66,7 @@ def faults(fixtures_dir: Path, tmp_path_factory) -> tuple[dict, Path, bool]:
     work = tmp_path_factory.mktemp("faults")
     images = str(fixtures_dir / "images")
     common = ["--checkpoint", str(fixtures_dir / "tiny_linear"), "--image-size", "64", "--device", "cpu"]
-    common += ["--precision", "fp32", "--export", "all", "--save-pairs"]
+    common += ["--precision", "fp32", "--export", "all", "--save-pairs", "--surface-res", "32", "--voxel-res", "16"]
 
     def run(name: str, out: Path, niter: int, fault: dict | None = None) -> dict:
         argv = ["reconstruct", images, "--output", str(out), "--niter", str(niter), *common]
@@ -91,7 +91,7 @@ def faults(fixtures_dir: Path, tmp_path_factory) -> tuple[dict, Path, bool]:
     if tmpfs:
         full = ["reconstruct", images, "--output", str(work / "tmpfs" / "out"), "--niter", "5", *common]
         steps.append(
-            {"do": "diskfull", "name": "diskfull", "mount": str(work / "tmpfs"), "size_mb": 8, "leave_kb": 2048}
+            {"do": "diskfull", "name": "diskfull", "mount": str(work / "tmpfs"), "size_mb": 32, "leave_kb": 2048}
             | {"argv": full}
         )
     (work / "steps.json").write_text(json.dumps(steps))
