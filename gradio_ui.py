@@ -70,7 +70,7 @@ ENGINE_CHOICES = [
     ("COLMAP · classical, no weights", "colmap"),
 ]
 GRAPH_CHOICES = [
-    ("auto · complete for photos, a log window over time for video frames", "auto"),
+    ("auto · by count: complete up to 20 photos, a log window above and for video frames", "auto"),
     ("complete · every pair (best, N² pairs)", "complete"),
     ("sliding window · neighbours in order", "swin"),
     ("log window · neighbours at 1, 2, 4, ...", "logwin"),
@@ -321,12 +321,14 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     with gr.Row():
                         shared_focal = setting_widget(cfg, "shared_focal", "Shared focal")
                         early_stop = setting_widget(cfg, "early_stop", "Early stop")
-                with gr.Accordion("COLMAP", open=False, visible=engine0 == "colmap") as acc_colmap:
+                with gr.Accordion(
+                    "COLMAP", open=False, visible=engine0 == "colmap", elem_id="colmap-settings"
+                ) as acc_colmap:
                     matcher = setting_widget(cfg, "matcher", "Feature matching")
                     mapper = setting_widget(cfg, "mapper", "Mapping")
                     dense = setting_widget(cfg, "dense", "Dense stereo (full model, depth maps)")
                     mvs_size = setting_widget(
-                        cfg, "mvs_size", "Dense working size (long side, px)", maximum=2048, step=32
+                        cfg, "mvs_size", "Dense working size (long side, px)", maximum=2048, step=32, elem_id="mvs-size"
                     )
 
             # ---------------- right: results ----------------
@@ -349,6 +351,13 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                     realign_btn = gr.Button(
                         "Re-align (no network)", visible=engine0 == "dust3r", interactive=False, elem_id="realign-btn"
                     )
+                gis_files = gr.File(
+                    label="GIS files · LAZ/LAS point cloud, DSM/DTM/ortho GeoTIFFs, georef.json (open in QGIS)",
+                    file_count="multiple",
+                    interactive=False,
+                    visible=False,
+                    elem_id="gis-files",
+                )
                 with gr.Accordion("Display · updates the model without re-running", open=True, elem_id="display"):
                     display_note = gr.Markdown("", visible=False, elem_id="display-note")
                     labels = DISPLAY_LABELS
@@ -399,6 +408,14 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
                         surface_res = setting_widget(cfg, "surface_res", labels["surface_res"], step=16)
                         watertight = setting_widget(cfg, "watertight", labels["watertight"])
                         voxel_res = setting_widget(cfg, "voxel_res", labels["voxel_res"], step=8)
+                    scale_from = setting_widget(
+                        cfg,
+                        "scale_from",
+                        labels["scale_from"],
+                        placeholder="photoA.jpg, photoB.jpg, 2.5 (two photos and the metres between their cameras)",
+                        info="Without GPS: the distance between two cameras makes the outputs metric (Enter applies).",
+                        elem_id="scale-from",
+                    )
                 gallery = gr.Gallery(
                     label="Views · RGB, depth, confidence",
                     columns=3,
@@ -444,6 +461,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             surface_res=surface_res,
             watertight=watertight,
             voxel_res=voxel_res,
+            scale_from=scale_from,
         )
         comps: dict[str, Any] = dict(
             result=result_state,
@@ -453,6 +471,7 @@ def build_demo(cfg: AppConfig, pipeline: Pipeline) -> gr.Blocks:
             gallery=gallery,
             glb=glb_btn,
             zip=zip_btn,
+            gis=gis_files,
             status=status,
             model=model_md,
             progress=run_status,

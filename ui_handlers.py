@@ -35,6 +35,7 @@ from core.errors import ResultExpiredError, UserError, internal_error_id
 from core.jobs import safe_name
 from core.outputs.export import EXPORT_FORMATS
 from core.outputs.fused import FUSED_FORMATS
+from core.outputs.georef import Georef, georef_summary, georeference
 from pipeline import Pipeline, Result, RunLimits, check_run, scene_masks, stage_label
 from ui_uploads import file_paths as _file_paths
 from ui_video import UploadPreviews, VideoPreviews
@@ -52,6 +53,7 @@ __all__ = [
     "public_message",
     "status_text",
     "kept_points",
+    "gis_files",
     "TOAST_S",
 ]
 
@@ -126,6 +128,15 @@ def package_formats(viz: VizConfig) -> tuple[str, ...]:
     return (*EXPORT_FORMATS, *(f for f in FUSED_FORMATS if f == viz.view_mode))
 
 
+#: The export's GIS files the page offers on their own (keys of ``Pipeline.export``'s dict), in this order.
+GIS_FILE_KEYS = ("laz", "las", "dsm", "dtm", "ortho", "georef")
+
+
+def gis_files(files: Mapping[str, Path]) -> list[str]:
+    """The GIS files among an export's written files (LAZ/LAS, DSM, DTM, ortho, georef.json), as paths."""
+    return [str(files[k]) for k in GIS_FILE_KEYS if k in files]
+
+
 class SessionJobs:
     """The job each live session's state holds (thread-safe; one per demo): protected from cleanup
     until the session's next result replaces it or Gradio deletes the session's state."""
@@ -186,13 +197,19 @@ def _model_label(result: Result) -> str:
     return Path(ckpt.rstrip("/")).name or ckpt
 
 
-def _units_label(scene) -> str:
-    """``metres, 2.31 m across`` for metric scenes, ``scale unknown`` otherwise."""
-    if scene.units != "m" or scene.world_from_cam.shape[0] == 0:
+def _units_label(scene, geo: Georef | None = None) -> str:
+    """``metres, 2.31 m across`` for metric scenes (MASt3R, or made metric by ``geo``: GPS or a
+    known distance), ``scale unknown`` otherwise."""
+    scale = 1.0
+    if scene.units != "m":
+        if geo is None or not geo.is_metric:
+            return "scale unknown"
+        scale = geo.local_from_scene.scale
+    if scene.world_from_cam.shape[0] == 0:
         return "scale unknown"
     pts = np.concatenate([p.reshape(-1, 3) for p in scene.pts3d]) if scene.pts3d else scene.world_from_cam[:, :3, 3]
     lo, hi = np.percentile(pts, [2, 98], axis=0)
-    return f"metres, {float(np.max(hi - lo)):.2f} m across"
+    return f"metres, {scale * float(np.max(hi - lo)):.2f} m across"
 
 
 def kept_points(result: Result, post_cfg: PostprocessConfig) -> int:
@@ -210,9 +227,13 @@ def _views_label(scene) -> str:
     return f"{scene.n_views} views"
 
 
-def status_text(result: Result, *, export_s: float | None = None, kept: int | None = None) -> str:
+def status_text(
+    result: Result, *, export_s: float | None = None, kept: int | None = None, geo: Georef | None = None
+) -> str:
     """The status as markdown: a line with views, engine, units, total and display time (and
-    points shown), then a line with per-stage timings and the job id. No HTML."""
+    points shown), a line on where the scene sits in the world when ``geo`` is given (CRS and
+    RMSE, or why not: :func:`core.outputs.georef.georef_summary`), then a line with per-stage
+    timings and the job id. No HTML."""
     scene = result.scene
     t = dict(result.timings)
     total = t.pop("total", None)
@@ -221,14 +242,15 @@ def status_text(result: Result, *, export_s: float | None = None, kept: int | No
     what = _views_label(scene)
     if scene.sparse is not None:
         what += f", {scene.sparse.xyz.shape[0]:,} points"
-    parts = [f"**Done** · {what} · {_model_label(result)} · {_units_label(scene)}"]
+    parts = [f"**Done** · {what} · {_model_label(result)} · {_units_label(scene, geo)}"]
     if total is not None:
         parts.append(f"total **{_fmt_seconds(total)}**")
     if export_s is not None:
         parts.append(f"display {_fmt_seconds(export_s)}" + (f", {kept:,} points shown" if kept is not None else ""))
     warn = f" · ⚠ {len(scene.warnings)} warning(s)" if scene.warnings else ""
     details = " · ".join(x for x in (stages, f"job {result.job.id}") if x)
-    return f"{' · '.join(parts)}{warn}\n\n{details}"
+    where = f"\n\n{'🌍 ' if geo.is_georeferenced else ''}{georef_summary(geo)}" if geo is not None else ""
+    return f"{' · '.join(parts)}{warn}{where}\n\n{details}"
 
 
 class UIHandlers(UploadPreviews):
@@ -369,7 +391,8 @@ class UIHandlers(UploadPreviews):
             gr.Warning(w)
         glb = str(files["glb"])
         gallery = [(str(p), caption) for p, caption in views]
-        return result, glb, gallery, glb, status_text(result, export_s=export_s), self.model_status_md()
+        status = status_text(result, export_s=export_s, geo=georeference(result.scene, result.settings.postprocess))
+        return result, glb, gallery, glb, status, self.model_status_md()
 
     def fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
         """An exception -> the page's error: a :class:`UserError`'s (or OS error's) own message, else
@@ -466,7 +489,11 @@ class UIHandlers(UploadPreviews):
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
             raise self.fail(e, "Display update") from e
         glb = str(files["glb"])
-        return glb, glb, status_text(result, export_s=time.perf_counter() - t0, kept=kept)
+        return (
+            glb,
+            glb,
+            status_text(result, export_s=time.perf_counter() - t0, kept=kept, geo=georeference(result.scene, post)),
+        )
 
     def package(self, result: Result | None, **display: Any):
         """Every format with these display settings, zipped -> the zip's path (before any result: nothing).
@@ -476,16 +503,19 @@ class UIHandlers(UploadPreviews):
         """
         if result is None:
             return gr.skip()
+        return str(self.package_files(result, **display)["zip"])
+
+    def package_files(self, result: Result, **display: Any) -> dict[str, Path]:
+        """:meth:`package`'s export: format (and companion file: ``laz``, ``dtm``, ``ortho``) -> path."""
         try:
             post, viz = display_config(result.settings, display)
             if kept_points(result, post) == 0:
                 raise gr.Error(_NOTHING_TO_DRAW, title="Nothing to package", print_exception=False)
-            files = self.pipeline.export(result, post, viz, package_formats(viz))
+            return self.pipeline.export(result, post, viz, package_formats(viz))
         except gr.Error:
             raise
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
             raise self.fail(e, "Packaging") from e
-        return str(files["zip"])
 
     def _limits(self) -> RunLimits:
         return RunLimits.from_config(self.cfg)

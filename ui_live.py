@@ -28,6 +28,7 @@ import gradio as gr
 
 from config import AppConfig, current_value
 from core.errors import Cancelled, Interrupted
+from core.outputs.georef import georeference
 from core.runtime import resolve_device
 from pipeline import Result
 from ui_handlers import (
@@ -38,6 +39,7 @@ from ui_handlers import (
     _file_paths,
     _session,
     display_config,
+    gis_files,
     kept_points,
     settings_to_config,
     status_text,
@@ -75,26 +77,33 @@ DISPLAY_LABELS: dict[str, str] = {
     "surface_res": "Surface resolution",
     "watertight": "Watertight",
     "voxel_res": "Voxel grid N",
+    "scale_from": "Known distance",
 }
 #: The display settings the page has widgets for (the others keep the server's values).
 PAGE_DISPLAY_KEYS: tuple[str, ...] = tuple(DISPLAY_LABELS)
 #: What a run (and a restored result) updates, by name; ``gradio_ui`` maps names to components.
 RUN_OUTPUTS: tuple[str, ...] = (
-    "result", "shown", "last_job", "viewer", "gallery", "glb", "zip", "status", "model", "progress",
+    "result", "shown", "last_job", "viewer", "gallery", "glb", "zip", "gis", "status", "model", "progress",
     "run_btn", "cancel_btn", "realign_btn", "display_note", *PAGE_DISPLAY_KEYS,
 )  # fmt: skip
 #: What a display change updates (the display widgets are set back when a change is refused).
-DISPLAY_OUTPUTS: tuple[str, ...] = ("viewer", "glb", "zip", "status", "shown", *PAGE_DISPLAY_KEYS)
+DISPLAY_OUTPUTS: tuple[str, ...] = ("viewer", "glb", "zip", "gis", "status", "shown", *PAGE_DISPLAY_KEYS)
 
 _POLL_S = 0.5
 _RECENT_RESULTS = 16
 _DENSE_ONLY = ("min_conf_thr", "clean_depth", "mask_sky")
 _SPARSE_NOTE = (
     "This COLMAP result is a sparse point cloud: **Mesh**, **Confidence threshold**, **Clean-up** and "
-    "**Remove sky** need dense depth maps (the DUSt3R engine), so they are off."
+    "**Remove sky** need dense depth maps (the DUSt3R engine, or COLMAP with **Dense stereo**), so they are off."
 )
 _GALLERY_DENSE = "Views · RGB, depth, confidence"
-_GALLERY_SPARSE = "Views · RGB only: depth and confidence maps need dense depth (the DUSt3R engine)"
+_GALLERY_SPARSE = "Views · RGB only: depth and confidence maps need dense depth (DUSt3R, or COLMAP's Dense stereo)"
+
+
+def _gis(files: Mapping[str, Path] | None):
+    """The GIS downloads for an export's files: shown when it holds any (a georeferenced scene)."""
+    paths = gis_files(files) if files is not None else []
+    return gr.File(value=paths or None, visible=bool(paths))
 
 
 def _pick(names: tuple[str, ...], **values: Any) -> tuple:
@@ -429,8 +438,9 @@ class LivePage:
         label = _GALLERY_SPARSE if sparse else _GALLERY_DENSE
         gallery = gr.Gallery(value=[(str(p), c.split(" (")[0]) for p, c in views], label=label)
         yield _run(gallery=gallery)
-        status = status_text(result, export_s=export_s, kept=kept)
+        status = status_text(result, export_s=export_s, kept=kept, geo=georeference(result.scene, post))
         zip_btn = gr.DownloadButton(label=_ZIP_LABEL, value=None, interactive=False)
+        gis = _gis(None)
         if kept == 0:
             status += (
                 f"\n\n**Nothing to draw**: no point passes the display filters (confidence > {post.min_conf_thr:g})."
@@ -439,13 +449,15 @@ class LivePage:
             report("zip", 0, 1)
             if run is not None:
                 yield _run(**self._progress(run))
-            zip_path = str(self.h.package(result))
-            zip_btn = gr.DownloadButton(label=_ZIP_LABEL, value=zip_path, interactive=True)
+            files = self.h.package_files(result)
+            zip_btn = gr.DownloadButton(label=_ZIP_LABEL, value=str(files["zip"]), interactive=True)
+            gis = _gis(files)
         done = "Restored" if restored else f"Done in {fmt_duration(run.view().elapsed)}" if run else "Done"
         for w in result.warnings:
             self._warn(session, w)
         yield _run(
             zip=zip_btn,
+            gis=gis,
             status=status,
             progress=f"<div class='plan done'>{done} · job {result.job.id}</div>",
             model=self.model_html(result.engine),
@@ -476,7 +488,7 @@ class LivePage:
             glb = str(self.h.pipeline.export(result, post, viz, ("glb",))["glb"])
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
             raise self.error(session, "Display update failed", self.h.fail(e, "Display update").message) from None
-        status = status_text(result, export_s=time.perf_counter() - t0, kept=kept)
+        status = status_text(result, export_s=time.perf_counter() - t0, kept=kept, geo=georeference(result.scene, post))
         new_shown = {**(shown or {}), "display": {k: display.get(k, before.get(k)) for k in PAGE_DISPLAY_KEYS}}
         yield _pick(
             DISPLAY_OUTPUTS,
@@ -486,8 +498,9 @@ class LivePage:
             status=status,
             shown=new_shown,
         )
-        zip_path = str(self.h.package(result, **display))
-        yield _pick(DISPLAY_OUTPUTS, zip=gr.DownloadButton(label=_ZIP_LABEL, value=zip_path, interactive=True))
+        files = self.h.package_files(result, **display)
+        zip_btn = gr.DownloadButton(label=_ZIP_LABEL, value=str(files["zip"]), interactive=True)
+        yield _pick(DISPLAY_OUTPUTS, zip=zip_btn, gis=_gis(files))
 
     def _refuse(self, session: str, display: Mapping[str, Any], before: Mapping[str, Any]) -> tuple:
         changed = [k for k in PAGE_DISPLAY_KEYS if k in display and k in before and display[k] != before[k]]

@@ -141,7 +141,13 @@ def wire_page(
     display_triggers = [
         t
         for name, widget in display_inputs.items()
-        for t in ((widget.release,) if name in ("min_conf_thr", "cam_size") else (widget.input,))
+        for t in (
+            (widget.release,)
+            if name in ("min_conf_thr", "cam_size")
+            else (widget.submit, widget.blur)
+            if name == "scale_from"
+            else (widget.input,)
+        )
     ]
     gr.on(
         display_triggers,

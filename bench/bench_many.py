@@ -5,8 +5,11 @@ from an arc, rendered once into the output folder) preprocessed at 224 px:
 
 - ``tiny``: 100 images, the tiny test network (``tests/fixtures/tiny_linear``), scene graph ``auto``
   (100 images: ``logwin-5``, 1000 pairs). Also the pair storage layouts (memory, fp16, disk) in one
-  process, and the global alignment on nested pair sets (``swin-1``, ``swin-2``, ``auto``) to show
-  that its memory and time grow linearly with the pair count.
+  process, and the global alignment of 100 views on nested pair sets (``swin-1``, ``swin-2``,
+  ``auto``) to show that its memory and time grow linearly with the pair count. The alignment runs
+  on consistent synthetic predictions of those pairs (``tests/core/synthetic_pairs.py``, 224x224,
+  known focal): the random tiny network's predictions are not a scene (confidences up to 1e22,
+  depths over 1e19), and the alignment's work and memory depend only on the pairs and sizes.
 - ``full``: 30 images, the full-size architecture ``DUSt3R_ViTLarge_BaseDecoder_224_linear`` with
   random weights (built and saved once by this script: PyTorch's default init, the heads' last
   layer scaled by 0.1 so exp depth/confidence stay finite), a window graph (default ``swin-2``).
@@ -14,7 +17,7 @@ from an arc, rendered once into the output folder) preprocessed at 224 px:
 Each run is a fresh subprocess (so one run's peak does not hide another's); a sampler thread reads
 the resident memory (anonymous + shared, without file-backed pages such as memory-mapped weights or
 ``disk`` pair storage) every 20 ms and keeps the peak per stage (``start`` = loading the network or
-starting the Ray workers, ``encode``, ``pairs``; alignment: ``load`` the saved pairs, ``align``).
+starting the Ray workers, ``encode``, ``pairs``; alignment: ``make`` the predictions, ``align``).
 Ray runs also give each worker's peak resident set (``ru_maxrss``, file pages included). Inference modes: ``single`` (this
 process, ``--threads`` threads) and ``ray-N`` (N Ray CPU workers on a local Ray started by the run,
 the machine's cores shared between them).
@@ -140,7 +143,7 @@ def full_checkpoint(folder: Path) -> Path:
 
 
 def child_infer(spec: dict) -> dict:
-    """One inference run (spec: images, checkpoint, graph, mode, workers, storage, threads, save)."""
+    """One inference run (spec: images, checkpoint, graph, mode, workers, storage, threads)."""
     import torch
 
     from config import InferenceConfig, ModelConfig, PreprocessConfig
@@ -172,43 +175,32 @@ def child_infer(spec: dict) -> dict:
         preds = pool.run(views, cfg, pairs=pairs, progress=meter, storage_dir=Path(spec["tmp"]))
         extra["worker_peak_mb"] = [c["peak_mb"] for c in pool.counts()]
     result = meter.finish()
-    if spec.get("save"):
-        for name, sub_graph in spec["save"].items():
-            _subset(preds, make_pairs(len(views), resolve_scene_graph(len(views), sub_graph))).save_npz(name)
     return {**result, **extra, "pairs": len(pairs), "graph": graph, "stored_mb": preds.nbytes() / _MB}
 
 
-def _subset(preds, keep: list[tuple[int, int]]):
-    """The predictions of the pairs ``keep`` (a subset of ``preds.pairs``), in that order."""
-    import dataclasses
-
-    import torch
-
-    index = {tuple(p): k for k, p in enumerate(preds.pairs.tolist())}
-    rows = [index[p] for p in keep]
-    fields = {f: tuple(getattr(preds, f)[r] for r in rows) for f in ("pts3d_1", "conf_1", "pts3d_2", "conf_2")}
-    return dataclasses.replace(preds, pairs=torch.tensor(keep, dtype=torch.int64), **fields)
-
-
 def child_align(spec: dict) -> dict:
-    """Load saved pairs, then the global alignment (spec: npz, niter, threads)."""
+    """Synthetic predictions of a scene graph's pairs, then the global alignment (spec: n, graph,
+    size, niter, threads)."""
     import torch
 
     from config import AlignmentConfig
     from core.alignment import align
-    from core.types import PairPredictions
+    from core.inputs.pairs import make_pairs, resolve_scene_graph
+    from tests.core.synthetic_pairs import make_scene
 
     torch.set_num_threads(spec["threads"])
+    n, size = spec["n"], spec["size"]
     meter = StageMeter()
-    meter("load")
-    preds = PairPredictions.load_npz(spec["npz"])
-    rss_loaded = _rss_mb()
+    meter("make")
+    pairs = make_pairs(n, resolve_scene_graph(n, spec["graph"]))
+    preds, truth = make_scene([(size, size)] * n, pairs=pairs, focals=[float(size)] * n)
+    rss_made = _rss_mb()
     meter("align")
-    cfg = AlignmentConfig(niter=spec["niter"], known_focal=(spec["focal"],))
+    cfg = AlignmentConfig(niter=spec["niter"], known_focal=(float(size),))
     align(preds, cfg, device=torch.device("cpu"), progress=lambda s, d, t: None)
     result = meter.finish()
-    result["align_increment_mb"] = result["peak_mb"]["align"] - rss_loaded
-    return {**result, "pairs": int(preds.pairs.shape[0])}
+    result["align_increment_mb"] = result["peak_mb"]["align"] - rss_made
+    return {**result, "pairs": len(pairs), "graph": spec["graph"]}
 
 
 def run_child(kind: str, spec: dict) -> dict:
@@ -246,11 +238,7 @@ def run_case(name: str, images: list[Path], ckpt: Path, graph: str, args, out: P
     tmp.mkdir(parents=True, exist_ok=True)
     base = {"images": [str(p) for p in images], "checkpoint": str(ckpt), "graph": graph, "threads": args.threads,
             "tmp": str(tmp), "storage": "memory", "workers": 0}  # fmt: skip
-    save = {}
-    if name == "tiny" and args.niter:
-        save = {str(out / f"{name}_{g}.npz"): g for g in ("swin-1", "swin-2", graph)}
-    modes = [("single", {"mode": "single", "save": save})]
-    modes.append((f"ray-{args.workers}", {"mode": "ray", "workers": args.workers}))
+    modes = [("single", {"mode": "single"}), (f"ray-{args.workers}", {"mode": "ray", "workers": args.workers})]
     if name == "tiny":
         modes += [(f"single, {s}", {"mode": "single", "storage": s}) for s in ("fp16", "disk")]
     for label, extra in modes:
@@ -259,13 +247,14 @@ def run_case(name: str, images: list[Path], ckpt: Path, graph: str, args, out: P
         rows.append(_infer_row(name, label, r))
         print(rows[-1], file=sys.stderr, flush=True)
     align_rows = []
-    for npz in save:
-        print(f"[{name}] align {Path(npz).name} ...", file=sys.stderr, flush=True)
-        r = run_child("align", {"npz": npz, "niter": args.niter, "threads": args.threads, "focal": 200.0})
+    for g in ("swin-1", "swin-2", graph) if name == "tiny" and args.niter else ():
+        print(f"[{name}] align {g} ...", file=sys.stderr, flush=True)
+        spec = {"n": len(images), "graph": g, "size": 224, "niter": args.niter, "threads": args.threads}
+        r = run_child("align", spec)
         s, pk = r["seconds"], r["peak_mb"]
         align_rows.append(
-            f"| {name} | {r['pairs']} | {s['load']:.1f} | {s['align']:.1f} | {1000 * s['align'] / r['pairs']:.1f} | "
-            f"{pk['load']:.0f} | {pk['align']:.0f} | {r['align_increment_mb']:.0f} | "
+            f"| {name} | {r['pairs']} ({g}) | {s['make']:.1f} | {s['align']:.1f} | {1000 * s['align'] / r['pairs']:.1f} | "
+            f"{pk['make']:.0f} | {pk['align']:.0f} | {r['align_increment_mb']:.0f} | "
             f"{r['align_increment_mb'] / r['pairs']:.2f} |"
         )
         print(align_rows[-1], file=sys.stderr, flush=True)
@@ -301,7 +290,9 @@ def main(argv: list[str] | None = None) -> int:
           "| Ray workers' peak MB | stored MB |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(r for r in lines if r.count("|") >= 12))
-    print("\n| case | pairs | load s | align s | ms per pair | load MB | align MB | alignment's own MB | MB per pair |")
+    print(
+        "\n| case | pairs (graph) | make s | align s | ms per pair | make MB | align MB | alignment's own MB | MB per pair |"
+    )
     print("|---|---|---|---|---|---|---|---|---|")
     print("\n".join(r for r in lines if r and r.count("|") < 12))
     return 0

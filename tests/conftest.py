@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,17 @@ def fixtures_dir() -> Path:
     return FIXTURES
 
 
+def one_torch_thread() -> Iterator[None]:
+    """Small tensors: one thread avoids OpenMP contention on a shared CPU; restored afterwards.
+    A module makes it its fixture with ``pytest.fixture(autouse=True, name="_one_thread")(one_torch_thread)``."""
+    import torch
+
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
 def tiny_config(
     out: Path, *, model: str = "tiny_linear", niter: int = 20, checkpoint: str | None = None, **ui: int
 ) -> AppConfig:
@@ -33,3 +45,16 @@ def tiny_config(
         jobs=JobConfig(output_root=out),
         ui=UIConfig(**ui),
     )
+
+
+#: The slowest test files, collected first so that ``-n 2 --dist loadfile`` (pyproject) starts them
+#: early and the two processes finish together (longest first); everything else keeps its order.
+SLOW_FILES = (
+    "test_browser.py", "test_faults.py", "test_distributed.py", "test_cli.py", "test_ui_live.py", "test_mvs.py",
+    "test_video.py", "test_ui.py", "test_faults_web.py",
+)  # fmt: skip
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    rank = {name: k for k, name in enumerate(SLOW_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(SLOW_FILES)))  # stable: file order kept

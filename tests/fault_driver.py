@@ -5,7 +5,9 @@ once; each child is forked before any torch work, so no thread pool is shared ac
 
     python tests/fault_driver.py STEPS.json RESULTS.json
 
-``STEPS.json`` is a list of steps run in order:
+``STEPS.json`` is ``{"serial": [steps], "chains": [[steps], ...], "jobs": J}``: the serial steps run
+first, in order; then the chains (each a list of steps in order, independent of the others) are
+dealt round-robin to J forked runners that run at the same time (J = 2 on a 2-core machine). Steps:
 
 - ``{"do": "run", "name": ..., "argv": [...], "fault": {...} | null}``: fork, apply the fault,
   run the CLI; records the exit code or the killing signal and the child's stderr.
@@ -154,11 +156,8 @@ def _diskfull(step: dict, work: Path) -> dict:
         subprocess.run(["umount", str(mount)], capture_output=True)
 
 
-def main(steps_path: str, results_path: str) -> int:
-    steps = json.loads(Path(steps_path).read_text())
-    work = Path(results_path).parent
-    results: dict[str, dict] = {}
-    r_count = 0
+def _run_steps(steps: list[dict], work: Path, results: dict[str, dict], r_count: int) -> int:
+    """Run ``steps`` in order, adding each run's record to ``results``; returns the replace count R."""
     for step in steps:
         if step["do"] == "copy":
             shutil.copytree(step["src"], step["dst"], dirs_exist_ok=True)
@@ -170,7 +169,41 @@ def main(steps_path: str, results_path: str) -> int:
             results[step["name"]] = res
         elif step["do"] == "diskfull":
             results[step["name"]] = _diskfull(step, work)
-        Path(results_path).write_text(json.dumps(results, indent=1))
+    return r_count
+
+
+def _run_chains(chains: list[list[dict]], jobs: int, work: Path, r_count: int) -> dict[str, dict]:
+    """The chains on ``jobs`` forked runners (chain k on runner k mod jobs); their records merged."""
+    pids = []
+    for j in range(jobs):
+        mine = [step for chain in chains[j::jobs] for step in chain]
+        pid = os.fork()
+        if pid == 0:  # a runner: never returns
+            code = 70
+            try:
+                results: dict[str, dict] = {}
+                _run_steps(mine, work, results, r_count)
+                (work / f"runner-{j}.json").write_text(json.dumps(results))
+                code = 0
+            finally:
+                os._exit(code)
+        pids.append(pid)
+    merged: dict[str, dict] = {}
+    for j, pid in enumerate(pids):
+        _, status = os.waitpid(pid, 0)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"fault runner {j} failed with status {status}")
+        merged.update(json.loads((work / f"runner-{j}.json").read_text()))
+    return merged
+
+
+def main(steps_path: str, results_path: str) -> int:
+    plan = json.loads(Path(steps_path).read_text())
+    work = Path(results_path).parent
+    results: dict[str, dict] = {}
+    r_count = _run_steps(plan["serial"], work, results, 0)
+    results.update(_run_chains(plan["chains"], max(1, int(plan.get("jobs", 1))), work, r_count))
+    Path(results_path).write_text(json.dumps(results, indent=1))
     return 0
 
 

@@ -1,7 +1,8 @@
 """A real browser living in the real page: uploads flagged as they drop, a run with live progress,
 the 3D viewer and its camera across display changes, sliders driven by typing and by the keyboard,
-fullscreen and Escape, the GLB download, a failed run that keeps the previous model, Cancel, the
-example scene and a reload that brings the last result back.
+fullscreen and Escape, the GLB download, a failed run that keeps the previous model, Cancel, a
+reload that brings the last result back; the example scene (COLMAP); a dense COLMAP run on real
+photos and its zip; a video upload.
 
 Headless Chromium (Debian ``chromium`` package, installed by ``scripts/setup.sh --dev``) driven by
 Playwright against the app served on a free loopback port with the tiny DUSt3R model, one browser
@@ -19,6 +20,7 @@ import os
 import re
 import shutil
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -41,7 +43,12 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 960}
 MAX_IMAGES = 8
+MVS_SIZE = 256  # COLMAP's dense working size here (long side, px): seconds on 2 cores
+#: Real photos for the dense COLMAP run (3 of Strecha's Herz-Jesu-P8, the shared benchmark set; not
+#: in the repository: see ../shared/datasets/herzjesu_p8/README.md); ``HERZJESU_DIR`` overrides.
+HERZJESU = Path(os.environ.get("HERZJESU_DIR", Path(__file__).parents[2] / "shared/datasets/herzjesu_p8/images"))
 TOAST = ".toast-body, [data-testid='toast-body']"
+TOAST_CLOSE = ".toast-close, [data-testid='toast-close']"
 
 
 @pytest.fixture(scope="module")
@@ -142,6 +149,36 @@ def _upload(page, paths: list[str], n_tiles: int) -> None:
     page.wait_for_function(f"document.querySelectorAll('#thumbs .thumb').length === {n_tiles}", timeout=60_000)
 
 
+def _open(browser, url: str):
+    """A fresh page on the app, ready; -> (page, the list its script errors go to)."""
+    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
+    errors: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("#run-btn", timeout=60_000)
+    return page, errors
+
+
+def _set_number(page, selector: str, value: float) -> None:
+    """Type a slider's value (Enter) and wait until the slider holds it."""
+    number = page.locator(f"{selector} input[type=number]")
+    number.fill(str(value))
+    number.press("Enter")
+    page.wait_for_function(
+        f"document.querySelector({json.dumps(selector + ' input[type=range]')}).value === {json.dumps(str(value))}",
+        timeout=30_000,
+    )
+
+
+def _use_colmap(page, *, mvs_size: int) -> None:
+    """Choose the COLMAP engine and its dense working size, as a person would."""
+    page.locator("#engine label", has_text="COLMAP").click()
+    page.wait_for_selector("#colmap-settings", state="visible", timeout=30_000)
+    page.locator("#colmap-settings .label-wrap").first.click()
+    assert page.locator("#colmap-settings input[type=checkbox]").is_checked()  # dense stereo on (the default)
+    _set_number(page, "#mvs-size", mvs_size)
+
+
 class _Shots:
     """Screenshots in tmp_path, copied beside SCREENSHOT_PATH when it is set."""
 
@@ -163,18 +200,8 @@ class _Shots:
         return shot
 
 
-@pytest.mark.filterwarnings("ignore:broken.jpg")  # the failed run's message, also emitted as a Python warning
-def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:
-    page = browser.new_page(viewport=VIEWPORT, accept_downloads=True)
-    errors: list[str] = []
-    page.on("pageerror", lambda e: errors.append(str(e)))
-    shots = _Shots(page, tmp_path)
-    page.goto(app_url)
-    page.wait_for_selector("#run-btn", timeout=60_000)
-    assert "DUSt3R Studio" in page.title() + page.inner_text("#app-header")
-    images = [str(p) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
-
-    # upload-time feedback: a file that is not an image and photos past the limit, flagged in the tiles
+def _uploads_are_flagged(page, images: list[str], tmp_path: Path) -> None:
+    """A file that is not an image and photos past the limit are flagged in the tiles as they drop."""
     notes = tmp_path / "notes.jpg"  # an image extension: the upload accepts photo and video types only
     notes.write_text("not a photo")
     _upload(page, [*images * 3, str(notes)], 10)
@@ -182,9 +209,10 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     note = page.inner_text("#upload-note")
     assert "not an image" in note and f"over the limit of {MAX_IMAGES}" in note and "notes.jpg" in note
     assert "notes.jpg: not an image" in page.inner_text("#thumbs")
-    shots("uploads")
 
-    # a run: the stage, elapsed time and time left show by the Reconstruct button while it runs
+
+def _run_shows_progress(page, images: list[str]) -> str:
+    """A run: the stage, elapsed time and time left show by the Reconstruct button; -> its job id."""
     _upload(page, images, 3)
     assert page.locator("#thumbs .thumb.bad").count() == 0 and not page.locator("#upload-note").is_visible()
     assert "3 photos" in page.inner_text("#run-status")
@@ -196,14 +224,12 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     card, viewport_h = _box(page, "#run-card"), VIEWPORT["height"]
     assert 0 <= card["y"] and card["y"] + card["height"] <= viewport_h  # visible without scrolling
     _wait_done(page)
-    assert "3 views" in _status(page)
-    first_job = _viewer_job(page)
+    assert "3 views" in _status(page) and "Not georeferenced" in _status(page)
     _wait_rendered(page)
-    small = _box(page, "#viewer-wrap")
-    page.evaluate("window.scrollTo(0, 0)")
-    shots("screenshot", main=True)
+    return _viewer_job(page)
 
-    # the camera survives a display change
+
+def _camera_survives_a_display_change(page) -> None:
     canvas = _box(page, "#viewer canvas")
     cx, cy = canvas["x"] + canvas["width"] / 2, canvas["y"] + canvas["height"] / 2
     _stable_camera(page)
@@ -214,7 +240,6 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     page.mouse.wheel(0, -240)
     cam_before = _stable_camera(page)
     signature = page.evaluate("window.studioViewer.signature()")
-    points = _points_shown(page)
     page.click("#show-cameras input")
     page.wait_for_function(
         f"window.studioViewer.signature() !== {json.dumps(signature)} && window.studioViewer.settled()",
@@ -225,7 +250,10 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
         assert cam_after[key] == pytest.approx(cam_before[key], rel=1e-3), (key, cam_before, cam_after)
     assert cam_after["target"] == pytest.approx(cam_before["target"], abs=1e-3 * cam_before["radius"])
 
-    # a typed slider value (Enter) and the arrow keys reach the model
+
+def _slider_by_typing_and_keys(page) -> None:
+    """A typed slider value (Enter) and the arrow keys reach the model."""
+    points = _points_shown(page)
     number = page.locator("#min-conf-thr input[type=number]")
     number.fill("4")
     number.press("Enter")
@@ -237,9 +265,9 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     keyed = _wait_points_change(page, typed)
     assert keyed < typed and number.input_value() == "4.5"
     page.wait_for_function("!document.querySelector('#download-zip').disabled", timeout=60_000)
-    shots("gallery", selector="#views")
 
-    # fullscreen toggle, then Escape
+
+def _fullscreen_then_escape(page, small: dict) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.click("#fullscreen-btn")
     page.wait_for_function("document.getElementById('viewer-wrap').classList.contains('viewer-fullscreen')")
@@ -255,7 +283,8 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     back = _box(page, "#viewer-wrap")
     assert abs(back["width"] - small["width"]) < 2 and abs(back["height"] - small["height"]) < 2
 
-    # download the GLB and read it back: it holds the points now shown
+
+def _glb_download_holds_the_points(page, tmp_path: Path) -> None:
     with page.expect_download(timeout=60_000) as info:
         page.click("#download-glb")
     glb = tmp_path / "downloaded.glb"
@@ -263,7 +292,9 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     scene = trimesh.load(glb)
     assert sum(len(g.vertices) for g in scene.geometry.values()) > 500
 
-    # a failed run: a titled message, the uploads and the previous model stay
+
+def _failed_run_keeps_the_model(page, tmp_path: Path, first_job: str) -> None:
+    """A titled message; the uploads and the previous model stay; the message can be closed."""
     bad = tmp_path / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0" + b"\0" * 64)
     _upload(page, [str(bad), str(bad)], 2)
@@ -278,15 +309,19 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     assert "previous result is still shown" in _status(page)
     assert _viewer_job(page) == first_job and "Error" not in page.inner_text("#viewer")
     _wait_rendered(page)
-    shots("failed")
+
+
+def _close_messages(page) -> None:
+    for button in page.locator(TOAST_CLOSE).all():
+        button.click()
     page.wait_for_function(f"document.querySelectorAll({json.dumps(TOAST)}).length === 0", timeout=30_000)
 
-    # Cancel stops a long run between iterations and keeps the previous result
+
+def _cancel_keeps_the_model(page, images: list[str], first_job: str, shots: _Shots) -> None:
+    """Cancel stops a long run between iterations and keeps the previous result."""
     _upload(page, images, 3)
     page.locator("#global-alignment .label-wrap").first.click()
-    niter = page.locator("#niter input[type=number]")
-    niter.fill("2000")
-    niter.press("Enter")
+    _set_number(page, "#niter", 2000)
     page.click("#run-btn")
     page.wait_for_function(
         "document.querySelector('#run-status').innerText.includes('Global alignment')", timeout=120_000
@@ -297,26 +332,82 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     _wait_done(page, "Cancelled")
     assert "previous result is still shown" in _status(page)
     assert _viewer_job(page) == first_job
-    niter.fill("30")
-    niter.press("Enter")
 
-    # the example: one click loads a ready scene and runs it, with the offline engine (COLMAP)
-    page.click("#example-btn")
-    page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 8", timeout=60_000)
-    _wait_done(page)
-    assert "8 views" in _status(page) and "COLMAP" in _status(page)
-    # (main's COLMAP results carry depth maps, so the display stays enabled: no sparse-only note here)
-    example_job = _viewer_job(page)
-    assert example_job != first_job
-    _wait_rendered(page)
-    shots("example")
 
+@pytest.mark.filterwarnings("ignore:broken.jpg")  # the failed run's message, also emitted as a Python warning
+def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: Path, tmp_path: Path) -> None:
+    """The steps in order, each from where the last one left the page."""
+    page, errors = _open(browser, app_url)
+    shots = _Shots(page, tmp_path)
+    assert "DUSt3R Studio" in page.title() + page.inner_text("#app-header")
+    images = [str(p) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
+    _uploads_are_flagged(page, images, tmp_path)
+    shots("uploads")
+    first_job = _run_shows_progress(page, images)
+    small = _box(page, "#viewer-wrap")
+    page.evaluate("window.scrollTo(0, 0)")
+    shots("screenshot", main=True)
+    _camera_survives_a_display_change(page)
+    _slider_by_typing_and_keys(page)
+    shots("gallery", selector="#views")
+    _fullscreen_then_escape(page, small)
+    _glb_download_holds_the_points(page, tmp_path)
+    _failed_run_keeps_the_model(page, tmp_path, first_job)
+    shots("failed")
+    _close_messages(page)
+    _cancel_keeps_the_model(page, images, first_job, shots)
     # a reload brings the session's last result back
     page.reload()
     page.wait_for_selector("#run-btn", timeout=60_000)
     _wait_done(page)
-    assert "8 views" in _status(page) and _viewer_job(page) == example_job
+    assert "3 views" in _status(page) and _viewer_job(page) == first_job
     _wait_rendered(page)
+    assert not errors, errors
+    page.close()
+
+
+def test_example_runs_colmap(app_url: str, browser, tmp_path: Path) -> None:
+    """The example: one click loads a ready scene and runs it with the offline engine (COLMAP,
+    dense, at a small working size)."""
+    page, errors = _open(browser, app_url)
+    _use_colmap(page, mvs_size=MVS_SIZE)
+    page.click("#example-btn")
+    page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 8", timeout=60_000)
+    _wait_done(page)
+    assert "8 views" in _status(page) and "COLMAP" in _status(page)
+    assert "Views · RGB, depth, confidence" in page.inner_text("#views")  # dense: depth maps per view
+    _wait_rendered(page)
+    _Shots(page, tmp_path)("example")
+    assert not errors, errors
+    page.close()
+
+
+@pytest.mark.skipif(not HERZJESU.is_dir(), reason=f"real photos not here: {HERZJESU} (set HERZJESU_DIR)")
+def test_dense_colmap_on_real_photos(app_url: str, browser, tmp_path: Path) -> None:
+    """Three photos of a church portal through COLMAP with dense stereo: the full model with depth
+    maps, the status says it is not on the map (no GPS), the zip holds the dense outputs."""
+    page, errors = _open(browser, app_url)
+    _use_colmap(page, mvs_size=MVS_SIZE)
+    photos = [str(HERZJESU / f"000{k}.jpg") for k in (2, 3, 4)]
+    _upload(page, photos, 3)
+    page.click("#run-btn")
+    _wait_done(page)
+    status = _status(page)
+    assert "3 views" in status and "COLMAP" in status and "Not georeferenced: 0 of 3 photos" in status
+    assert "dense" in status  # the dense stage ran (its timing is listed)
+    assert "Views · RGB, depth, confidence" in page.inner_text("#views")
+    assert not page.locator("#gis-files").is_visible()  # no GPS, no GIS files
+    _wait_rendered(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    _Shots(page, tmp_path)("dense-colmap")
+    page.wait_for_function("!document.querySelector('#download-zip').disabled", timeout=60_000)
+    with page.expect_download(timeout=60_000) as info:
+        page.click("#download-zip")
+    zip_path = tmp_path / "dense.zip"
+    info.value.save_as(zip_path)
+    with zipfile.ZipFile(zip_path) as zf:
+        names = set(zf.namelist())
+    assert {"scene.glb", "mesh.obj", "pointcloud.ply", "depth/0003_depth.npy"} <= names, sorted(names)
     assert not errors, errors
     page.close()
 

@@ -1,7 +1,7 @@
 """Fault injection (issue 12): kills, signals and a full disk for the CLI and the web app's process;
 the web app's sessions, exports and hostile clients are in ``test_faults_web.py``. Every loop is
 bounded and small (tiny model, 64-px images); the CLI scenarios run in one driver subprocess
-(``tests/fault_driver.py``) that forks a child per scenario.
+(``tests/fault_driver.py``) that forks a child per scenario, two independent scenarios at a time.
 
 What is tried, and how many times per test run:
 
@@ -12,7 +12,8 @@ What is tried, and how many times per test run:
 - SIGTERM and SIGINT of the CLI mid-alignment: once each;
 - a full disk: a 32 MB tmpfs with 2 MB left (when a mount namespace is available), and a
   simulated ENOSPC on the last output's rename: once each, each followed by a run once space is free;
-- SIGTERM of the web app mid-run and idle: once each; a job of a killed server found at start-up;
+- SIGTERM of the web app mid-run and idle (two servers started side by side): once each; a job
+  of a killed server found at start-up;
 - file names with spaces and line breaks through every export; the memory check of the alignment.
 """
 
@@ -72,29 +73,29 @@ def faults(fixtures_dir: Path, tmp_path_factory) -> tuple[dict, Path, bool]:
         argv = ["reconstruct", images, "--output", str(out), "--niter", str(niter), *common]
         return {"do": "run", "name": name, "argv": argv, "fault": fault}
 
+    def copy(src: Path, dst: Path) -> dict:
+        return {"do": "copy", "src": str(src), "dst": str(dst)}
+
     base = work / "base"
-    steps = [run("base", base, 5), {"do": "copy", "src": str(base), "dst": str(work / "count")}]
-    steps.append(run("count", work / "count", 7, {"kind": "count"}))
+    serial = [run("base", base, 5), copy(base, work / "count"), run("count", work / "count", 7, {"kind": "count"})]
+    chains = []  # independent of each other: run two at a time
     for point, fault in KILL_POINTS.items():
         folder = work / f"kill-{point}"
-        steps += [{"do": "copy", "src": str(base), "dst": str(folder)}, run(f"kill-{point}", folder, 7, fault)]
-        steps += [{"do": "copy", "src": str(folder), "dst": str(work / f"snap-{point}")}]
-        steps.append(run(f"recover-{point}", folder, 7))
+        chains.append([copy(base, folder), run(f"kill-{point}", folder, 7, fault), copy(folder, work / f"snap-{point}"),
+                       run(f"recover-{point}", folder, 7)])  # fmt: skip
     for name, sig in (("sigterm", signal.SIGTERM), ("sigint", signal.SIGINT)):
-        steps += [{"do": "copy", "src": str(base), "dst": str(work / name)}]
-        steps.append(run(name, work / name, 200, {"kind": "stage", "stage": "align", "at": 3, "signal": int(sig)}))
-    steps += [{"do": "copy", "src": str(base), "dst": str(work / "enospc")}]
-    steps.append(run("enospc", work / "enospc", 7, {"kind": "enospc", "n": -2}))  # the last output's rename
-    steps += [{"do": "copy", "src": str(work / "enospc"), "dst": str(work / "snap-enospc")}]
-    steps.append(run("enospc-freed", work / "enospc", 7))
+        fault = {"kind": "stage", "stage": "align", "at": 3, "signal": int(sig)}
+        chains.append([copy(base, work / name), run(name, work / name, 200, fault)])
+    chains.append([copy(base, work / "enospc"), run("enospc", work / "enospc", 7, {"kind": "enospc", "n": -2}),
+                   copy(work / "enospc", work / "snap-enospc"), run("enospc-freed", work / "enospc", 7)])  # fmt: skip
     tmpfs = can_unshare()
     if tmpfs:
         full = ["reconstruct", images, "--output", str(work / "tmpfs" / "out"), "--niter", "5", *common]
-        steps.append(
-            {"do": "diskfull", "name": "diskfull", "mount": str(work / "tmpfs"), "size_mb": 32, "leave_kb": 2048}
-            | {"argv": full}
-        )
-    (work / "steps.json").write_text(json.dumps(steps))
+        chains.append(
+            [{"do": "diskfull", "name": "diskfull", "mount": str(work / "tmpfs"), "size_mb": 32, "leave_kb": 2048}
+             | {"argv": full}]
+        )  # fmt: skip
+    (work / "steps.json").write_text(json.dumps({"serial": serial, "chains": chains, "jobs": 2}))
     cmd = [sys.executable, str(ROOT / "tests" / "fault_driver.py"), str(work / "steps.json"), str(work / "res.json")]
     if tmpfs:
         cmd = ["unshare", "-rm", *cmd]
@@ -186,48 +187,78 @@ def test_disk_full_on_a_small_tmpfs(faults) -> None:
 
 
 def _start_server(fixtures_dir: Path, root: Path, port: int, log: Path) -> subprocess.Popen:
-    """``main.py`` serving the tiny model on ``port``; Gradio's upload cache in ``root/../gradio``."""
+    """``main.py`` serving the tiny model on ``port`` (starting; see :func:`_wait_up`); Gradio's
+    upload cache in ``root/../gradio``."""
     argv = [sys.executable, str(ROOT / "main.py"), "--port", str(port), "--output-root", str(root)]
     argv += ["--checkpoint", str(fixtures_dir / "tiny_linear"), "--image-size", "64", "--device", "cpu"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
     env["GRADIO_TEMP_DIR"] = str(root.parent / "gradio")
-    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=root.parent)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=log.open("w"), env=env, cwd=root.parent)
+
+
+def _wait_up(proc: subprocess.Popen, port: int, log: Path) -> None:
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline:
         assert proc.poll() is None, log.read_text()[-3000:]
         try:
             if httpx.get(f"http://127.0.0.1:{port}/", timeout=2).status_code == 200:
-                return proc
+                return
         except httpx.HTTPError:
             time.sleep(0.5)
     proc.kill()
     raise AssertionError("the web app did not start: " + log.read_text()[-3000:])
 
 
-def test_sigterm_stops_the_web_app_mid_run_and_marks_the_job_interrupted(fixtures_dir: Path, tmp_path: Path) -> None:
+def test_sigterm_stops_the_web_app_idle_or_mid_run(fixtures_dir: Path, tmp_path: Path) -> None:
+    """Two servers started side by side: SIGTERM of the idle one is one line; mid-run, the job is
+    marked interrupted, nothing is left half-written and Gradio's cache is cleaned."""
+    idle, busy = tmp_path / "idle", tmp_path / "busy"
+    ports = free_port(), free_port()
+    while ports[1] == ports[0]:
+        ports = ports[0], free_port()
+    procs = [
+        _start_server(fixtures_dir, d / "jobs", port, d / "server.log")
+        for d, port in zip((idle, busy), ports, strict=True)
+    ]
+    try:
+        for proc, d, port in zip(procs, (idle, busy), ports, strict=True):
+            _wait_up(proc, port, d / "server.log")
+        _sigterm_when_idle(procs[0], idle / "server.log")
+        _sigterm_mid_run(procs[1], ports[1], fixtures_dir, busy)
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+
+
+def _sigterm_when_idle(proc: subprocess.Popen, log: Path) -> None:
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=90)
+    text = log.read_text()
+    assert code == 143 and not native_dump(text), text[-3000:]
+    assert "terminated (SIGTERM)" in last_line(text)
+
+
+def _sigterm_mid_run(proc: subprocess.Popen, port: int, fixtures_dir: Path, folder: Path) -> None:
     from gradio_client import Client, handle_file
 
-    root, port, log = tmp_path / "jobs", free_port(), tmp_path / "server.log"
-    proc = _start_server(fixtures_dir, root, port, log)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        files = [handle_file(str(p)) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
-        worker = threading.Thread(
-            target=lambda: _ignore(lambda: client.predict(files=files, niter=2000, api_name="/reconstruct")),
-            daemon=True,
-        )
-        worker.start()
-        deadline = time.monotonic() + 120
-        while not list(root.glob("*/.running")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        running = list(root.glob("*/.running"))
-        assert running, log.read_text()[-3000:]
-        time.sleep(1.0)  # well inside the 2000 alignment iterations
-        proc.send_signal(signal.SIGTERM)
-        code = proc.wait(timeout=90)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    root, log = folder / "jobs", folder / "server.log"
+    client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+    files = [handle_file(str(p)) for p in sorted((fixtures_dir / "images").glob("img*.png"))]
+    worker = threading.Thread(
+        target=lambda: _ignore(lambda: client.predict(files=files, niter=2000, api_name="/reconstruct")),
+        daemon=True,
+    )
+    worker.start()
+    deadline = time.monotonic() + 120
+    while not list(root.glob("*/.running")) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    running = list(root.glob("*/.running"))
+    assert running, log.read_text()[-3000:]
+    time.sleep(1.0)  # well inside the 2000 alignment iterations
+    proc.send_signal(signal.SIGTERM)
+    code = proc.wait(timeout=90)
     text = log.read_text()
     assert code == 143, text[-3000:]
     assert not native_dump(text), text[-3000:]
@@ -238,7 +269,7 @@ def test_sigterm_stops_the_web_app_mid_run_and_marks_the_job_interrupted(fixture
     assert not leftovers(job), leftovers(job)
     # Gradio's cache (the uploads, the served copies) is cleaned on the way out; its multipart
     # parser's empty temporary files are Gradio's own and stay
-    cached = [p for p in (tmp_path / "gradio").rglob("*") if p.is_file() and p.stat().st_size > 0]
+    cached = [p for p in (folder / "gradio").rglob("*") if p.is_file() and p.stat().st_size > 0]
     assert not cached, cached
 
 
@@ -247,16 +278,6 @@ def _ignore(fn) -> None:
         fn()
     except Exception:  # noqa: BLE001 - the server goes away under the client on purpose
         return
-
-
-def test_sigterm_of_an_idle_web_app_is_one_line(fixtures_dir: Path, tmp_path: Path) -> None:
-    log = tmp_path / "server.log"
-    proc = _start_server(fixtures_dir, tmp_path / "jobs", free_port(), log)
-    proc.send_signal(signal.SIGTERM)
-    code = proc.wait(timeout=90)
-    text = log.read_text()
-    assert code == 143 and not native_dump(text), text[-3000:]
-    assert "terminated (SIGTERM)" in last_line(text)
 
 
 def test_startup_marks_jobs_of_a_killed_process_interrupted(tmp_path: Path) -> None:

@@ -16,8 +16,10 @@ import pytest
 import pipeline
 from config import ModelConfig
 from core.errors import Cancelled
+from core.inputs.exif_gps import attach_gps
 from tests.conftest import tiny_config
 from tests.core.scene_factory import make_sparse_scene
+from tests.core.synthetic_town import EPSG, make_town, town_scene, write_town_jpegs
 from ui_handlers import UIHandlers, status_text
 from ui_live import DISPLAY_OUTPUTS, RUN_OUTPUTS, LivePage
 from ui_progress import Calibration, RunProgress, estimate_run, fmt_duration, plan_html, progress_html
@@ -307,3 +309,28 @@ def test_status_is_markdown_and_one_photo_is_one_photo(live: LivePage, images: l
     status = final["status"]
     assert "1 photo (paired with itself)" in status and "2 views" not in status
     assert "<" not in status and "<" not in status_text(final["result"])
+
+
+def test_the_status_says_where_the_scene_is_and_the_gis_files_are_offered(live: LivePage, first, tmp_path) -> None:
+    """Photos with GPS: CRS and RMSE in the status, the LAZ/LAS, DSM/DTM/ortho and georef.json
+    offered; a known distance (display setting) makes a scene without GPS metric; none: why not."""
+    town = make_town(grid=(3, 3), size=(48, 36))
+    scene = attach_gps(town_scene(town)[0], write_town_jpegs(town, tmp_path / "photos"))
+    result = pipeline.Result(scene, pipeline.create_job(tmp_path), "dust3r", {"total": 1.0}, None, live.h.cfg)
+    final = _last(_drain(live._show("g", result, None, None)))
+    assert f"Georeferenced: WGS 84 / UTM zone 32N (EPSG:{EPSG}), RMSE 0.00 m over 9 of 9 cameras" in final["status"]
+    assert "· metres, " in final["status"] and "scale unknown" not in final["status"]
+    offered = [Path(f["path"]).name for f in final["gis"].value]
+    assert final["gis"].visible and offered[:3] == ["pointcloud.laz", "pointcloud.las", "dsm.tif"]
+    assert {"ortho.tif", "georef.json"} <= set(offered)
+    # the first run's photos carry no GPS: the status says why, and there is nothing to offer
+    plain = first["final"]
+    assert "Not georeferenced: 0 of 3 photos carry a GPS position" in plain["status"]
+    assert plain["gis"].visible is False and "scale unknown" in plain["status"]
+    a, b = first["final"]["result"].scene.names[:2]
+    shown = first["final"]["shown"]
+    scaled = _last(
+        _drain(live.render(first["final"]["result"], shown, _req("a"), scale_from=f"{a},{b},2.5"), DISPLAY_OUTPUTS)
+    )
+    assert f"Metric, not on the map: metric from scale_from ({a} to {b} = 2.5 m)" in scaled["status"]
+    assert "· metres, " in scaled["status"] and scaled["gis"].value[-1]["orig_name"] == "georef.json"

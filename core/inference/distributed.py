@@ -180,7 +180,8 @@ class _PairActor:
         return self._worker, self._features
 
     def info(self, precision: str) -> dict[str, Any]:
-        """Load the network; -> pid, node, device, autocast dtype, ModelDims, free memory, desc_dim."""
+        """Load the network; -> pid, node, device, autocast dtype, ModelDims, free memory, desc_dim,
+        metric (MASt3R: points in metres)."""
         from core.runtime import select_autocast_dtype
 
         model = self._ensure_model()
@@ -192,6 +193,7 @@ class _PairActor:
             "dims": ModelDims.from_model(model),
             "free": available_memory(self._device),
             "desc_dim": int(getattr(model, "desc_dim", 0) or 0),
+            "metric": bool(getattr(model, "metric", False)),
         }
 
     def counts(self) -> dict[str, Any]:
@@ -484,7 +486,8 @@ class _Run:
             self.pool.n_workers,
             self.storage,
         )
-        return assemble_predictions(self.views, self.pairs, store)
+        metric = all(info["metric"] for info in self.pool.infos)
+        return assemble_predictions(self.views, self.pairs, store, metric=metric)
 
     def _check_cancel(self, what: str) -> None:
         if self.cancel():

@@ -25,8 +25,9 @@ def make_scene(
     focal_bias: list[float] | None = None,
     pair_scale: tuple[float, float] = (0.5, 2.0),
     metric: bool = False,
+    pairs: list[tuple[int, int]] | None = None,
 ) -> tuple[PairPredictions, dict]:
-    """Consistent pair predictions (complete symmetric graph) for cameras with known poses/focals.
+    """Consistent pair predictions (complete symmetric graph, or ``pairs``) for cameras with known poses/focals.
 
     Recipe of synth_ga.npz: smooth depth maps, ~3-10 degree rotations, 0.3 translations, a random
     scale per pair in [0.5, 2], ``noise`` relative noise, confidences 1 + exp(N(1.2, 0.6)).
@@ -35,7 +36,8 @@ def make_scene(
     pair_scale: range of the random scale per pair; metric predictions of this scene (which is in
     metres: depths about 2 m, cameras up to 0.3 m apart) have scales near 1, e.g. (0.98, 1.02)
     with ``metric=True`` (the flag is passed to :class:`PairPredictions`). The same seed draws the
-    same random numbers whatever the range.
+    same random numbers whatever the range. pairs: these (i, j) pairs instead of the complete
+    symmetric graph (e.g. ``core.inputs.pairs.make_pairs(n, "swin-2")``).
     """
     rng = np.random.default_rng(seed)
     n = len(sizes)
@@ -54,8 +56,9 @@ def make_scene(
         fs.append(f)
         depths.append(depth)
         pts_cam.append(np.stack(((u - w / 2) / f * depth, (v - h / 2) / f * depth, depth), -1))
-    pairs = [(i, j) for i in range(n) for j in range(i)]
-    pairs += [(j, i) for i, j in pairs]
+    if pairs is None:
+        pairs = [(i, j) for i in range(n) for j in range(i)]
+        pairs += [(j, i) for i, j in pairs]
     p1, p2, c1, c2 = [], [], [], []
     for i, j in pairs:
         scale = rng.uniform(*pair_scale)

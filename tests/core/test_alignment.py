@@ -20,18 +20,13 @@ from core.alignment.loss import Problem, evaluate
 from core.alignment.optimizer import optimize_from_raw
 from core.alignment.params import RawParams, decode, flat_depth
 from core.types import PairPredictions, Scene
+from tests.conftest import one_torch_thread
 from tests.core.synthetic_pairs import make_scene
 
 RAW_KEYS = ("im_depthmaps", "im_poses", "im_focals", "pw_poses")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on a shared CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = pytest.fixture(autouse=True, name="_one_thread")(one_torch_thread)
 
 
 def _rel(a, b) -> float:

@@ -19,19 +19,14 @@ from core.alignment import align
 from core.alignment.metric import metric_scale, rescale_world
 from core.outputs.export import export_scene
 from core.types import PairPredictions, Scene
+from tests.conftest import one_torch_thread
 from tests.core.synthetic_pairs import make_scene
 
 CFG = AlignmentConfig(niter=300, mst_stale_focal=False)
 SIZES = [(24, 32)] * 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one thread avoids OpenMP contention on a shared CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = pytest.fixture(autouse=True, name="_one_thread")(one_torch_thread)
 
 
 def _scaled_pair(preds: PairPredictions, p: int, factor: float) -> PairPredictions:

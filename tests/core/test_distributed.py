@@ -173,11 +173,13 @@ def test_storage_layouts_through_ray(pool, views, single, tmp_path) -> None:
     torch.testing.assert_close(half.conf_1[0].float(), single.conf_1[0], rtol=1e-3, atol=0)
 
 
-def test_dust3r_engine_uses_the_ray_workers(cluster, fixtures_dir, tmp_path) -> None:
+def test_dust3r_engine_uses_the_ray_workers_with_mast3r_weights_in_metres(cluster, fixtures_dir, tmp_path) -> None:
+    """The engine's Ray path with MASt3R weights: the workers' model is metric, so is the scene."""
     from core.engines.dust3r import Dust3rEngine
     from tests.conftest import tiny_config
 
-    cfg = tiny_config(tmp_path / "jobs", niter=5)
+    mast3r = fixtures_dir / "tiny_mast3r" / "tiny_mast3r"
+    cfg = tiny_config(tmp_path / "jobs", niter=5, checkpoint=str(mast3r))
     cfg = dataclasses.replace(cfg, inference=dataclasses.replace(cfg.inference, workers=1))
     engine = Dust3rEngine(M.get_model, cfg.model)
     stages: list[str] = []
@@ -188,6 +190,7 @@ def test_dust3r_engine_uses_the_ray_workers(cluster, fixtures_dir, tmp_path) -> 
         engine.close()
     assert scene.n_views == 3 and scene.extra["inference"] == "ray: 1 worker(s) on cpu"
     assert scene.extra["n_pairs"] == 6 and "pairs" in stages and "align" in stages
+    assert scene.units == "m"  # MASt3R's points are metric, through Ray as in one process
 
 
 def test_a_bad_checkpoint_is_reported_as_itself(cluster, tmp_path) -> None:

@@ -22,6 +22,7 @@ from core.inference import run as inf_run
 from core.inputs.pairs import duplicate_single_image, make_pairs
 from core.inputs.preprocessing import load_images, load_views
 from core.types import InputImage, PairPredictions
+from tests.conftest import one_torch_thread
 
 TINY = ["tiny_linear", "tiny_dpt"]
 CPU = torch.device("cpu")
@@ -33,13 +34,7 @@ OUTPUT_KEYS = {  # PairPredictions field -> fixture key suffix
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models gain nothing from intra-op threads; on a loaded machine they only wait on each other."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+one_thread = pytest.fixture(autouse=True, scope="module", name="one_thread")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

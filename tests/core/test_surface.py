@@ -26,6 +26,7 @@ from core.outputs.tsdf import (
     require_dense_depth,
     surface_unavailable_reason,
 )
+from tests.conftest import one_torch_thread
 from tests.core.scene_factory import make_sparse_scene
 from tests.core.synthetic_shapes import (
     Box,
@@ -44,13 +45,7 @@ RES = 64
 """Voxels along the longest side in these tests (the app's default is 256)."""
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP contention on a shared CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = pytest.fixture(autouse=True, scope="module", name="_one_thread")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 import trimesh
 
 from core.errors import SettingsError
@@ -19,19 +18,14 @@ from core.outputs.voxels import (
     write_binvox,
     write_voxels,
 )
+from tests.conftest import one_torch_thread
 from tests.core.scene_factory import make_sparse_scene
 from tests.core.synthetic_shapes import Box, Sphere, Torus, shape_scene, sphere_rig
 
 SHAPES = {"sphere": Sphere(), "box": Box(), "torus": Torus()}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Small tensors: one thread avoids OpenMP contention on a shared CPU; restored afterwards."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
+_one_thread = pytest.fixture(autouse=True, scope="module", name="_one_thread")(one_torch_thread)
 
 
 @pytest.fixture(scope="module")
