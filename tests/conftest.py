@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -53,6 +54,17 @@ SLOW_FILES = (
     "test_browser.py", "test_faults.py", "test_distributed.py", "test_cli.py", "test_ui_live.py", "test_mvs.py",
     "test_video.py", "test_ui.py", "test_faults_web.py",
 )  # fmt: skip
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist (``-n 2``, pyproject) two test processes share the cores: one intra-op
+    thread each (and for the processes they start) instead of two threads per process fighting
+    over two cores."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

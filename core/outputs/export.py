@@ -98,9 +98,9 @@ ZIP_NAME = "reconstruction.zip"
 FRAMES = "GLB: first camera, OpenGL axes (y up, looking down -z); everything else: the scene's world frame"
 """Which frame each file is in (for manifests)."""
 _FRAMES_LOCAL = (
-    "GLB: first camera, OpenGL axes (y up, looking down -z), metres; pointcloud.las/.laz, dsm/dtm/ortho.tif: "
-    "the CRS of georef.json; everything else: the local frame (x east, y north, z up, metres; CRS coordinates "
-    "= local + georef.json origin_offset)"
+    "pointcloud.las/.laz, dsm/dtm/ortho.tif: the CRS of georef.json; everything else: the local frame (x east, "
+    "y north, z up, metres; CRS coordinates = local + georef.json origin_offset), the GLBs with glTF's axes "
+    "(x east, y up, z south)"
 )
 _FRAMES_SCALED = (
     "GLB: first camera, OpenGL axes (y up, looking down -z), metres; everything else: the scene's world frame "
@@ -439,13 +439,14 @@ def _shown_geometry(scene: Scene, masks, viz_cfg: VizConfig) -> trimesh.Trimesh 
     return None
 
 
-def _write_geometry(scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg, viz_cfg) -> dict[str, Path]:
-    """glb, ply, obj and colmap, each from the given masks."""
+def _write_geometry(
+    scene: Scene, masks, out_dir: Path, todo: set[str], post_cfg, viz_cfg, *, local_enu: bool
+) -> dict[str, Path]:
+    """glb, ply, obj and colmap, each from the given masks (``local_enu``: the scene is georeferenced)."""
     out: dict[str, Path] = {}
     if "glb" in todo:
-        out["glb"] = scene_to_glb(
-            scene, masks, viz_cfg, out_dir / "scene.glb", geometry=_shown_geometry(scene, masks, viz_cfg)
-        )
+        shown = _shown_geometry(scene, masks, viz_cfg)
+        out["glb"] = scene_to_glb(scene, masks, viz_cfg, out_dir / "scene.glb", geometry=shown, local_enu=local_enu)
     if "ply" in todo:
         extra = None
         if scene.sparse is not None and scene.pts3d is None:
@@ -515,7 +516,8 @@ def export_scene(
     :class:`ExportResult` and :func:`add_to_zip`). Files per key of ``ExportResult.written``:
 
     - ``glb``: ``scene.glb`` (:func:`core.outputs.visualization.scene_to_glb` with ``viz_cfg``; with
-      ``view_mode`` surface or voxels it holds the fused surface or the voxels instead of the views).
+      ``view_mode`` surface or voxels it holds the fused surface or the voxels instead of the views;
+      georeferenced scenes: the local east-north-up frame, glTF axes).
     - ``ply``: ``pointcloud.ply``, every kept point (world frame; see :func:`write_ply`).
     - ``obj``: ``mesh.obj``, pixel-grid mesh with vertex colours, at most ``viz_cfg.max_points``
       vertices (dense only).
@@ -556,10 +558,11 @@ def export_scene(
     masks = resolve_masks(scene, masks)
     if geo.is_metric:  # every world-frame file in the local metric frame (masks are per pixel/point: unchanged)
         scene = transform_scene(scene, geo.local_from_scene)
-    written = _write_geometry(scene, masks, out_dir, todo, post_cfg, viz_cfg)
+    enu = geo.is_georeferenced
+    written = _write_geometry(scene, masks, out_dir, todo, post_cfg, viz_cfg, local_enu=enu)
     written.update(_write_tables(scene, masks, out_dir, todo, skipped, post_cfg, viz_cfg, geo))
     written.update(_write_geo(scene, masks, out_dir, todo, post_cfg, geo))
-    written.update(write_fused(scene, masks, out_dir, todo, viz_cfg))
+    written.update(write_fused(scene, masks, out_dir, todo, viz_cfg, local_enu=enu))
     if "zip" in todo:
         written["zip"] = _write_zip(out_dir, list(written.values()), out_dir / ZIP_NAME)
     frames = _FRAMES_LOCAL if geo.is_georeferenced else _FRAMES_SCALED if geo.is_metric else FRAMES

@@ -63,11 +63,14 @@ def voxel_mesh(model: VoxelModel) -> trimesh.Trimesh:
     return trimesh.Trimesh(vertices, faces, vertex_colors=rgba, process=False, validate=False)
 
 
-def write_fused(scene: Scene, masks, out_dir: Path, todo: set[str], viz: VizConfig) -> dict[str, Path]:
+def write_fused(
+    scene: Scene, masks, out_dir: Path, todo: set[str], viz: VizConfig, *, local_enu: bool = False
+) -> dict[str, Path]:
     """The fused formats of ``todo`` into ``out_dir``: keys ``surface`` (surface.glb), ``surface_ply``,
-    ``surface_obj``, ``voxels`` (voxels.npz), ``voxels_binvox``, ``voxels_glb``."""
+    ``surface_obj``, ``voxels`` (voxels.npz), ``voxels_binvox``, ``voxels_glb`` (GLBs in the frame
+    of :func:`core.outputs.visualization.glb_from_world` with ``local_enu``)."""
     out: dict[str, Path] = {}
-    to_glb = glb_from_world(scene)
+    to_glb = glb_from_world(scene, local_enu=local_enu)
     if "surface" in todo:
         files = write_surface(surface_mesh(scene, masks, viz), out_dir, glb_from_world=to_glb)
         out.update(surface=files["glb"], surface_ply=files["ply"], surface_obj=files["obj"])

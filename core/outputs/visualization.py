@@ -7,7 +7,10 @@ GLB frame: the scene is expressed in the FIRST camera's frame with OpenGL axes (
 z backwards), i.e. ``glb_from_world = diag(1, -1, -1, 1) @ cam_from_world[0]``. glTF viewers
 (three.js, the Gradio Model3D / Babylon viewer) put their default camera on +Z looking down -Z
 with +Y up, so they open the model upright, looking at it the way the first photo did. All other
-exports (PLY, OBJ, COLMAP, cameras.json, npz) stay in the scene's world frame.
+exports (PLY, OBJ, COLMAP, cameras.json, npz) stay in the scene's world frame. A georeferenced
+scene (already in its local east-north-up frame, :mod:`core.outputs.georef`) is written in that
+frame instead, with glTF's axes (x east, y up, z south: :data:`GLB_FROM_ENU`), so the ground is
+level in any viewer and the GLB lines up with the other local-frame files.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ __all__ = [
     "OPENGL_FROM_OPENCV",
     "CAMERA_COLORS",
     "glb_from_world",
+    "GLB_FROM_ENU",
     "grid_faces",
     "scene_mesh",
     "scene_points",
@@ -76,8 +80,15 @@ TRANSPARENT_ALPHA = 0.35
 # geometry helpers (pure numpy)
 
 
-def glb_from_world(scene: Scene) -> np.ndarray:
-    """(4, 4) float64: world -> GLB frame (first camera, OpenGL axes). See the module docstring."""
+#: (4, 4) local east-north-up -> glTF axes (x east, y up, z south).
+GLB_FROM_ENU = np.array([[1.0, 0, 0, 0], [0, 0, 1, 0], [0, -1, 0, 0], [0, 0, 0, 1]])
+
+
+def glb_from_world(scene: Scene, *, local_enu: bool = False) -> np.ndarray:
+    """(4, 4) float64: world -> GLB frame (first camera, OpenGL axes; or, for a scene in its local
+    east-north-up frame, ``local_enu``, :data:`GLB_FROM_ENU`). See the module docstring."""
+    if local_enu:
+        return GLB_FROM_ENU.copy()
     return OPENGL_FROM_OPENCV @ np.linalg.inv(scene.world_from_cam[0].astype(np.float64))
 
 
@@ -272,7 +283,15 @@ def _mark_unlit(tree: dict) -> None:
             used.append("KHR_materials_unlit")
 
 
-def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path, *, geometry: trimesh.Trimesh | None = None) -> Path:
+def scene_to_glb(
+    scene: Scene,
+    masks,
+    cfg: VizConfig,
+    path: Path,
+    *,
+    geometry: trimesh.Trimesh | None = None,
+    local_enu: bool = False,
+) -> Path:
     """Write the scene as a GLB and return ``path``.
 
     masks: dense scenes N (H, W) bool, sparse scenes (M,) bool, None = every finite point.
@@ -284,14 +303,15 @@ def scene_to_glb(scene: Scene, masks, cfg: VizConfig, path: Path, *, geometry: t
     image on it (``cam_image``) and semi-transparent (``cam_transparent``). Node/geometry names:
     ``mesh`` or ``points``, ``camera_<k>``, ``camera_<k>_image``. Frame: see the module docstring.
     geometry: a mesh in the world frame drawn instead of the views (the fused surface or voxels;
-    node ``surface``), with the cameras as usual.
+    node ``surface``), with the cameras as usual. local_enu: the scene is in a local east-north-up
+    frame (georeferenced): the GLB keeps that frame (:func:`glb_from_world`).
     Materials are double-sided and unlit (KHR_materials_unlit).
 
     Raises ValueError when there is nothing to draw (no point kept and cameras hidden).
     """
     path = Path(path)
     masks = resolve_masks(scene, masks)
-    to_glb = glb_from_world(scene)
+    to_glb = glb_from_world(scene, local_enu=local_enu)
     geoms: list[tuple[str, trimesh.Trimesh | trimesh.PointCloud]] = []
     as_points = cfg.as_pointcloud or scene.pts3d is None
     world_pts = np.zeros((0, 3), np.float32)

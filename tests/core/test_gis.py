@@ -10,6 +10,7 @@ import laspy
 import numpy as np
 import pytest
 import rasterio
+import trimesh
 
 from config import PostprocessConfig, VizConfig
 from core.inputs.exif_gps import attach_gps
@@ -113,6 +114,20 @@ def test_georef_json_and_world_frame_files_are_local_metres(exported, town) -> N
     )
     assert len(data) == n
     local = data["xyz"].astype(np.float64) + offset - ORIGIN  # local frame + offset = UTM
+    assert np.quantile(np.abs(local[:, 2] - _surface(town, local[:, 0], local[:, 1])), 0.99) < 0.05
+
+
+def test_the_glb_of_a_georeferenced_scene_is_level_in_the_local_frame(town, tmp_path: Path) -> None:
+    """scene.glb holds the local east-north-up points with glTF's axes (x east, y up, z south)."""
+    scene = attach_gps(town_scene(town)[0], write_town_jpegs(town, tmp_path / "photos"))
+    viz = VizConfig(view_mode="pointcloud", show_cameras=False)
+    result = export_scene(scene, None, tmp_path / "out", {"glb", "georef"}, post_cfg=POST, viz_cfg=viz)
+    offset = np.array(json.loads(result.written["georef"].read_text())["origin_offset"])
+    glb = trimesh.load(result.written["glb"])
+    points = np.concatenate([np.asarray(g.vertices) for g in glb.geometry.values()])
+    east, up, north = points[:, 0], points[:, 1], -points[:, 2]
+    local = np.stack([east, north, up], 1) + offset - ORIGIN
+    assert len(points) > 1000
     assert np.quantile(np.abs(local[:, 2] - _surface(town, local[:, 0], local[:, 1])), 0.99) < 0.05
 
 
