@@ -4,7 +4,9 @@
 // few stray far points made the model a dot. This script finds the viewer's Babylon scene through
 // Babylon's EngineStore module (loaded by the page itself) and
 //   - while nothing is loading, remembers the camera (alpha, beta, radius, target);
-//   - when the model changes within the same job (a display change), puts that camera back;
+//   - when the model changes within the same job (a display change), puts that camera back,
+//     unless the model's size changed more than 2x (a known distance put it in metres): then the
+//     new model is framed as a new one;
 //   - when a new job's model arrives, frames the central 96% of its points (2nd-98th percentile
 //     per axis) when that is much tighter than the full bounds.
 // window.studioViewer.camera() reads the camera (tests use it). Without the EngineStore module
@@ -14,7 +16,7 @@
   var JOB_RE = /\d{8}-\d{6}-[0-9a-f]{8}/;
   var RESTORE_MS = 3000;
   var MAX_SAMPLES = 20000;
-  var st = { store: null, loading: null, saved: null, sig: "", job: null, until: 0, to: null };
+  var st = { store: null, loading: null, saved: null, sig: "", job: null, until: 0, to: null, size: 0 };
 
   try { performance.setResourceTimingBufferSize(4000); } catch (e) { /* old browsers */ }
 
@@ -89,8 +91,9 @@
 
   function quantile(sorted, q) { return sorted[Math.min(sorted.length - 1, Math.floor(q * sorted.length))]; }
 
-  // The central 96% of the model's points -> a camera looking at their middle from the default angle.
-  function robustFrame(meshes) {
+  // The central 96% of the model's points: their box (lo, hi), its diagonal (core) and the full
+  // diagonal (full); null for fewer than 16 points.
+  function pointStats(meshes) {
     var xs = [], ys = [], zs = [];
     var total = 0;
     meshes.forEach(function (m) { if (!isCamera(m)) total += m.getTotalVertices(); });
@@ -114,12 +117,22 @@
     var hi = [quantile(xs, 0.98), quantile(ys, 0.98), quantile(zs, 0.98)];
     var core = Math.hypot(hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]);
     var full = Math.hypot(xs[xs.length - 1] - xs[0], ys[ys.length - 1] - ys[0], zs[zs.length - 1] - zs[0]);
-    if (!(core > 0) || core > 0.7 * full) return null;  // no stray points worth ignoring
+    return { lo: lo, hi: hi, core: core, full: full };
+  }
+
+  // A camera looking at the middle of the central 96% from the default angle; null when there are
+  // no stray points worth ignoring (Gradio's own framing is then right).
+  function robustFrame(stats) {
+    if (!stats || !(stats.core > 0) || stats.core > 0.7 * stats.full) return null;
+    var lo = stats.lo, hi = stats.hi;
     return {
-      alpha: Math.PI / 2, beta: Math.PI / 2.4, radius: core * 1.1,
+      alpha: Math.PI / 2, beta: Math.PI / 2.4, radius: stats.core * 1.1,
       target: [(lo[0] + hi[0]) / 2, (lo[1] + hi[1]) / 2, (lo[2] + hi[2]) / 2],
     };
   }
+
+  // Two model sizes close enough for the same camera (unknown sizes count as close).
+  function similarSize(a, b) { return !(a > 0 && b > 0) || (b / a < 2 && a / b < 2); }
 
   function tick() {
     loadStore();
@@ -133,8 +146,11 @@
     if (sig !== st.sig) {
       var job = currentJob();
       if (window.studioViewerDebug) console.log("viewer: model", sig, "job", job, "was", st.job);
-      var same = st.sig !== "" && job !== null && job === st.job;
-      st.to = same ? st.saved : robustFrame(meshes);
+      var stats = pointStats(meshes);
+      var size = stats ? stats.core : 0;
+      var same = st.sig !== "" && job !== null && job === st.job && similarSize(st.size, size);
+      st.to = same ? st.saved : robustFrame(stats);
+      st.size = size;
       st.until = now + RESTORE_MS;
       st.sig = sig;
       st.job = job;

@@ -267,6 +267,20 @@ def _slider_by_typing_and_keys(page) -> None:
     page.wait_for_function("!document.querySelector('#download-zip').disabled", timeout=60_000)
 
 
+def _known_distance_makes_it_metric(page) -> None:
+    """Without GPS, the distance between two cameras (Display, Enter) puts the outputs in metres."""
+    field = page.locator("#scale-from textarea, #scale-from input").first
+    field.fill("img0.png, img1.png, 2.5")
+    field.press("Enter")
+    page.wait_for_function(
+        "document.querySelector('#status').innerText.includes('Metric, not on the map')", timeout=60_000
+    )
+    assert "metres, " in _status(page) and "scale unknown" not in _status(page)
+    page.evaluate("window.scrollTo(0, 0)")
+    _stable_camera(page)  # the model in metres (many times larger) is framed afresh, not around the old camera
+    _wait_rendered(page)
+
+
 def _fullscreen_then_escape(page, small: dict) -> None:
     page.evaluate("window.scrollTo(0, 0)")
     page.click("#fullscreen-btn")
@@ -350,6 +364,7 @@ def test_the_page_as_a_person_lives_in_it(app_url: str, browser, fixtures_dir: P
     _camera_survives_a_display_change(page)
     _slider_by_typing_and_keys(page)
     shots("gallery", selector="#views")
+    _known_distance_makes_it_metric(page)
     _fullscreen_then_escape(page, small)
     _glb_download_holds_the_points(page, tmp_path)
     _failed_run_keeps_the_model(page, tmp_path, first_job)
