@@ -388,10 +388,25 @@ def _cmd_app(cfg: AppConfig, signals: _Signals) -> int:
         stopped = pipe.wait_idle(cfg.ui.shutdown_grace_s)
         with contextlib.redirect_stdout(io.StringIO()):  # Gradio prints "Closing server ..."
             demo.close()
+        _delete_served_files(demo)
         if not stopped:
             logger.error("job(s) %s did not stop within %g s", ", ".join(running), cfg.ui.shutdown_grace_s)
         raise
     return EXIT_OK
+
+
+def _delete_served_files(demo) -> None:
+    """Gradio's cache of this app's files (uploads, served copies), deleted on the way out.
+
+    Gradio deletes them when its server thread shuts down, but ``demo.close()`` waits only 5 s for
+    that thread: on a loaded machine the process can exit first and leave them. Same function,
+    called here too (files already gone are skipped)."""
+    try:
+        from gradio.route_utils import delete_files_created_by_app
+
+        delete_files_created_by_app(demo, age=None)
+    except (ImportError, RuntimeError, OSError) as e:  # another Gradio, or the server thread is at it too
+        logger.debug("Gradio's cache not cleaned here: %s", e)
 
 
 def _configure(debug: bool, command: str | None, tune_allocator: bool = False) -> None:
