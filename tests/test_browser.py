@@ -43,7 +43,8 @@ CHROMIUM_ARGS = [
 ]
 VIEWPORT = {"width": 1440, "height": 960}
 MAX_IMAGES = 8
-MVS_SIZE = 256  # COLMAP's dense working size here (long side, px): seconds on 2 cores
+MVS_SIZE = 256  # COLMAP's dense working size for the real photos (long side, px): seconds on 2 cores
+EXAMPLE_MVS_SIZE = 128  # and for the example's 8 views
 #: Real photos for the dense COLMAP run (3 of Strecha's Herz-Jesu-P8, the shared benchmark set; not
 #: in the repository: see ../shared/datasets/herzjesu_p8/README.md); ``HERZJESU_DIR`` overrides.
 HERZJESU = Path(os.environ.get("HERZJESU_DIR", Path(__file__).parents[2] / "shared/datasets/herzjesu_p8/images"))
@@ -385,7 +386,7 @@ def test_example_runs_colmap(app_url: str, browser, tmp_path: Path) -> None:
     """The example: one click loads a ready scene and runs it with the offline engine (COLMAP,
     dense, at a small working size)."""
     page, errors = _open(browser, app_url)
-    _use_colmap(page, mvs_size=MVS_SIZE)
+    _use_colmap(page, mvs_size=EXAMPLE_MVS_SIZE)
     page.click("#example-btn")
     page.wait_for_function("document.querySelectorAll('#thumbs .thumb').length === 8", timeout=60_000)
     _wait_done(page)
