@@ -228,13 +228,18 @@ def _views_label(scene) -> str:
 
 
 def status_text(
-    result: Result, *, export_s: float | None = None, kept: int | None = None, geo: Georef | None = None
+    result: Result,
+    *,
+    export_s: float | None = None,
+    kept: int | None = None,
+    post_cfg: PostprocessConfig | None = None,
 ) -> str:
     """The status as markdown: a line with views, engine, units, total and display time (and
-    points shown), a line on where the scene sits in the world when ``geo`` is given (CRS and
-    RMSE, or why not: :func:`core.outputs.georef.georef_summary`), then a line with per-stage
-    timings and the job id. No HTML."""
+    points shown), a line on where the scene sits in the world with the display settings
+    ``post_cfg`` when given (CRS and RMSE, or why not: :func:`core.outputs.georef.georeference`,
+    milliseconds), then a line with per-stage timings and the job id. No HTML."""
     scene = result.scene
+    geo = georeference(scene, post_cfg) if post_cfg is not None else None
     t = dict(result.timings)
     total = t.pop("total", None)
     t.pop("export", None)
@@ -391,7 +396,7 @@ class UIHandlers(UploadPreviews):
             gr.Warning(w)
         glb = str(files["glb"])
         gallery = [(str(p), caption) for p, caption in views]
-        status = status_text(result, export_s=export_s, geo=georeference(result.scene, result.settings.postprocess))
+        status = status_text(result, export_s=export_s, post_cfg=result.settings.postprocess)
         return result, glb, gallery, glb, status, self.model_status_md()
 
     def fail(self, e: BaseException, what: str, job_dir: Path | None = None) -> gr.Error:
@@ -489,11 +494,8 @@ class UIHandlers(UploadPreviews):
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
             raise self.fail(e, "Display update") from e
         glb = str(files["glb"])
-        return (
-            glb,
-            glb,
-            status_text(result, export_s=time.perf_counter() - t0, kept=kept, geo=georeference(result.scene, post)),
-        )
+        status = status_text(result, export_s=time.perf_counter() - t0, kept=kept, post_cfg=post)
+        return glb, glb, status
 
     def package(self, result: Result | None, **display: Any):
         """Every format with these display settings, zipped -> the zip's path (before any result: nothing).

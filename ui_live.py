@@ -28,7 +28,6 @@ import gradio as gr
 
 from config import AppConfig, current_value
 from core.errors import Cancelled, Interrupted
-from core.outputs.georef import georeference
 from core.runtime import resolve_device
 from pipeline import Result
 from ui_handlers import (
@@ -438,7 +437,7 @@ class LivePage:
         label = _GALLERY_SPARSE if sparse else _GALLERY_DENSE
         gallery = gr.Gallery(value=[(str(p), c.split(" (")[0]) for p, c in views], label=label)
         yield _run(gallery=gallery)
-        status = status_text(result, export_s=export_s, kept=kept, geo=georeference(result.scene, post))
+        status = status_text(result, export_s=export_s, kept=kept, post_cfg=post)
         zip_btn = gr.DownloadButton(label=_ZIP_LABEL, value=None, interactive=False)
         gis = _gis(None)
         if kept == 0:
@@ -488,7 +487,7 @@ class LivePage:
             glb = str(self.h.pipeline.export(result, post, viz, ("glb",))["glb"])
         except Exception as e:  # noqa: BLE001 - every failure reaches the page, typed by fail
             raise self.error(session, "Display update failed", self.h.fail(e, "Display update").message) from None
-        status = status_text(result, export_s=time.perf_counter() - t0, kept=kept, geo=georeference(result.scene, post))
+        status = status_text(result, export_s=time.perf_counter() - t0, kept=kept, post_cfg=post)
         new_shown = {**(shown or {}), "display": {k: display.get(k, before.get(k)) for k in PAGE_DISPLAY_KEYS}}
         yield _pick(
             DISPLAY_OUTPUTS,

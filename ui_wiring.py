@@ -105,6 +105,15 @@ def wire_api(
         )
 
 
+#: The events that apply a display widget's change (default: every input): sliders when released,
+#: the known-distance text on Enter or when it loses focus.
+_DISPLAY_EVENTS: dict[str, tuple[str, ...]] = {
+    "min_conf_thr": ("release",),
+    "cam_size": ("release",),
+    "scale_from": ("submit", "blur"),
+}
+
+
 def wire_page(
     live: LivePage,
     comps: dict[str, Any],
@@ -139,15 +148,9 @@ def wire_page(
     )
     comps["cancel_btn"].click(live.cancel, outputs=comps["cancel_btn"], queue=False, api_visibility="private")
     display_triggers = [
-        t
+        getattr(widget, event)
         for name, widget in display_inputs.items()
-        for t in (
-            (widget.release,)
-            if name in ("min_conf_thr", "cam_size")
-            else (widget.submit, widget.blur)
-            if name == "scale_from"
-            else (widget.input,)
-        )
+        for event in _DISPLAY_EVENTS.get(name, ("input",))
     ]
     gr.on(
         display_triggers,

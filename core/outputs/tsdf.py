@@ -66,6 +66,7 @@ __all__ = [
     "require_dense_depth",
     "resolve_depth_masks",
     "kept_points",
+    "finite_box",
     "grid_around",
     "fusion_memory_bytes",
     "ProjectedView",
@@ -241,17 +242,24 @@ def kept_points(scene: Scene, masks=None) -> np.ndarray:
     return np.concatenate(pts) if pts else np.zeros((0, 3))
 
 
+def finite_box(points: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(lo, hi): (3,) float64 corners of the bounding box of the finite rows of ``points`` (M, 3);
+    None when no row is finite."""
+    points = np.asarray(points, np.float64).reshape(-1, 3)
+    points = points[np.isfinite(points).all(1)]
+    return (points.min(0), points.max(0)) if len(points) else None
+
+
 def grid_around(points: np.ndarray, opts: SurfaceOptions) -> VoxelGrid:
     """A grid over the bounding box of ``points`` (M, 3) world, padded by truncation + 2 voxels.
 
     voxel_size = opts.voxel_size or (longest box side / opts.resolution). Raises EmptySurfaceError
     without points and SettingsError when the grid would exceed opts.max_voxels.
     """
-    points = np.asarray(points, np.float64).reshape(-1, 3)
-    points = points[np.isfinite(points).all(1)]
-    if len(points) == 0:
+    box = finite_box(points)
+    if box is None:
         raise EmptySurfaceError("no kept points to fuse; lower the confidence threshold or the filters")
-    lo, hi = points.min(0), points.max(0)
+    lo, hi = box
     extent = float((hi - lo).max())
     size = opts.voxel_size if opts.voxel_size is not None else (extent / opts.resolution if extent > 0 else 1.0)
     pad = math.ceil(opts.truncation_voxels) + 2

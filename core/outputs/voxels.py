@@ -41,6 +41,7 @@ from core.outputs.tsdf import (
     SurfaceOptions,
     VoxelGrid,
     closed_field,
+    finite_box,
     fuse_tsdf,
     kept_points,
     resolve_depth_masks,
@@ -104,11 +105,10 @@ def cube_grid(points: np.ndarray, resolution: int) -> VoxelGrid:
     if not 16 <= int(resolution) <= 256:
         raise SettingsError(f"voxel resolution must be in 16..256, got {resolution}")
     n = int(resolution)
-    points = np.asarray(points, np.float64).reshape(-1, 3)
-    points = points[np.isfinite(points).all(1)]
-    if len(points) == 0:
+    box = finite_box(points)
+    if box is None:
         raise ValueError("cube_grid needs at least one finite point")
-    lo, hi = points.min(0), points.max(0)
+    lo, hi = box
     extent = float((hi - lo).max())
     size = extent / (n - 3) if extent > 0 else 1.0  # centres span n - 3 steps: the box fits in n - 2 voxels
     origin = tuple(float(v) for v in (lo + hi) / 2 - size * (n - 1) / 2)
